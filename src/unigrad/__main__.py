@@ -1,0 +1,5 @@
+import sys
+
+from unigrad.cli import main
+
+sys.exit(main())

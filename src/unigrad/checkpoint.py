@@ -1,0 +1,109 @@
+"""Checkpoints that resume exactly, written atomically, loaded without pickle.
+
+    checkpoints/step-000012/
+      model/                  HF-format folder (merged weights for LoRA): AutoModelForCausalLM loads it
+      trainable.safetensors   every trainable parameter by name (what resuming restores)
+      optimizer.safetensors   optimiser state tensors; optimizer.json the rest of its state dict
+      state.json              step, RNG states, config
+
+A checkpoint is written into a temporary sibling folder and renamed into place, so a run killed
+mid-write leaves the previous checkpoint intact.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from unigrad.models import save_model
+
+_STEP = re.compile(r"^step-(\d+)$")
+
+
+def _optimizer_state(optimizer) -> tuple[dict, dict]:
+    state = optimizer.state_dict()
+    tensors, meta = {}, {"param_groups": state["param_groups"], "state": {}}
+    for pid, entries in state["state"].items():
+        meta["state"][str(pid)] = {}
+        for key, value in entries.items():
+            if torch.is_tensor(value):
+                tensors[f"{pid}.{key}"] = value.detach().contiguous().cpu()
+                meta["state"][str(pid)][key] = {"tensor": f"{pid}.{key}"}
+            else:
+                meta["state"][str(pid)][key] = {"value": value}
+    return tensors, meta
+
+
+def _load_optimizer_state(optimizer, folder: Path) -> None:
+    tensors = load_file(str(folder / "optimizer.safetensors"))
+    meta = json.loads((folder / "optimizer.json").read_text())
+    state = {int(pid): {key: (tensors[v["tensor"]] if "tensor" in v else v["value"]) for key, v in entries.items()}
+             for pid, entries in meta["state"].items()}
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def _rng_state() -> dict:
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss = random.getstate()
+    return {"python": [version, list(internal), gauss],
+            "numpy": [kind, keys.tolist(), pos, has_gauss, cached]}
+
+
+def _set_rng_state(state: dict, torch_state: torch.Tensor) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(torch_state)
+
+
+def save_checkpoint(root: Path, step: int, model, tokenizer, optimizer, config: dict, keep: int) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step:06d}"
+    tmp = root / f".tmp-step-{step:06d}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_model(model, tokenizer, tmp / "model")
+    trainable = {name: p.detach().contiguous().cpu() for name, p in model.named_parameters() if p.requires_grad}
+    save_file(trainable, str(tmp / "trainable.safetensors"))
+    tensors, meta = _optimizer_state(optimizer)
+    tensors["__torch_rng__"] = torch.get_rng_state()
+    save_file(tensors, str(tmp / "optimizer.safetensors"))
+    (tmp / "optimizer.json").write_text(json.dumps(meta))
+    (tmp / "state.json").write_text(json.dumps({"step": step, "rng": _rng_state(), "config": config}, indent=1))
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    for old in list_checkpoints(root)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(root: Path) -> list[Path]:
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP.match(p.name)) and (p / "state.json").exists()]
+    return [p for _, p in sorted(found)]
+
+
+def load_checkpoint(folder: Path, model, optimizer) -> int:
+    """Restore parameters, optimiser and RNG state from ``folder``; returns its step."""
+    trainable = load_file(str(folder / "trainable.safetensors"))
+    params = dict(model.named_parameters())
+    missing = [name for name, p in params.items() if p.requires_grad and name not in trainable]
+    if missing:
+        raise ValueError(f"checkpoint {folder} does not match this model (missing {missing[:3]}...)")
+    with torch.no_grad():
+        for name, value in trainable.items():
+            params[name].copy_(value)
+    _load_optimizer_state(optimizer, folder)
+    state = json.loads((folder / "state.json").read_text())
+    _set_rng_state(state["rng"], load_file(str(folder / "optimizer.safetensors"))["__torch_rng__"])
+    return int(state["step"])

@@ -1,0 +1,244 @@
+"""Typed, validated run configuration.
+
+A YAML file with the top-level keys ``model``, ``method``, ``data``, ``train``, ``output_dir``
+(and ``reference``). Unknown keys and mistyped values are rejected with a ``ConfigError`` that
+names the key; ``key.sub=value`` overrides from the command line are parsed as YAML scalars.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or of the wrong type."""
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    r: int = 16
+    alpha: float = 32.0
+    dropout: float = 0.0
+    target_modules: Union[str, list] = "all-linear"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "smollm2-135m-instruct"
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "auto"   # auto: bf16 on GPU, fp32 on CPU
+    trust_remote_code: bool = False
+    lora: Union[LoraConfig, None] = None
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    train: str = ""
+    eval: Union[str, None] = None
+    format: Literal["sft", "pairs"] = "pairs"
+    max_length: int = 512
+    truncation: bool = False
+    packed: bool = True
+    limit: Union[int, None] = None           # use only the first N records (smoke tests)
+
+
+@dataclass(frozen=True)
+class ReferenceConfig:
+    precompute: bool = True                  # reference log-probs for the whole dataset once, then no reference model
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 100
+    batch_size: int = 8                      # examples (pairs for `pairs`) per optimiser step
+    grad_accum: int = 1                      # micro-batches per optimiser step
+    lr: float = 1e-5
+    optimizer: str = "adamw"
+    weight_decay: float = 0.0
+    betas: tuple = (0.9, 0.999)
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0
+    max_grad_norm: Union[float, None] = 1.0
+    seed: int = 0
+    chunk_size: int = 1024                   # tokens per log-softmax chunk (memory)
+    eval_every: int = 0                      # 0: only at the start and the end
+    eval_batch_size: int = 16
+    save_every: int = 0                      # 0: no intermediate checkpoints
+    keep_checkpoints: int = 2
+    log_every: int = 1
+    tensorboard: bool = True
+    threads: Union[int, None] = None         # torch CPU threads
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: dict = field(default_factory=lambda: {"name": "dpo"})
+    data: DataConfig = field(default_factory=DataConfig)
+    reference: ReferenceConfig = field(default_factory=ReferenceConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    output_dir: str = "runs/unigrad"
+    source: Union[str, None] = None          # the file it was read from (set by load_config)
+
+
+def _suggest(key: str, options) -> str:
+    close = difflib.get_close_matches(key, list(options), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _type_name(tp) -> str:
+    if typing.get_origin(tp) is Literal:
+        return " or ".join(repr(a) for a in typing.get_args(tp))
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    return {type(None): "null"}.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _coerce(value: Any, tp, where: str):
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        errors = []
+        for option in typing.get_args(tp):
+            try:
+                return _coerce(value, option, where)
+            except ConfigError as error:
+                errors.append(error)
+        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+        raise ConfigError(f"{where}: must be one of {_type_name(tp)}, got {value!r}")
+    if tp is type(None):
+        if value is None:
+            return None
+        raise ConfigError(f"{where}: expected null, got {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return build(tp, value, where)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    elif tp in (dict, list, tuple):
+        if isinstance(value, (list, tuple) if tp is not dict else dict):
+            return tp(value)
+    else:
+        return value
+    raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+
+
+def build(cls, data: dict, where: str = ""):
+    """Instantiate dataclass ``cls`` from ``data``, rejecting unknown keys and wrong types."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    values = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in names:
+            raise ConfigError(f"{path}: unknown key{_suggest(str(key), names)}; "
+                              f"allowed keys here: {', '.join(names)}")
+        values[key] = _coerce(value, hints[key], path)
+    return cls(**values)
+
+
+def _positive(where: str, value, allow_zero=False):
+    if value is not None and (value < 0 or (value == 0 and not allow_zero)):
+        raise ConfigError(f"{where}: must be {'non-negative' if allow_zero else 'positive'}, got {value}")
+
+
+def validate(config: RunConfig) -> RunConfig:
+    t = config.train
+    for name in ("steps", "batch_size", "grad_accum", "chunk_size", "eval_batch_size", "log_every", "keep_checkpoints"):
+        _positive(f"train.{name}", getattr(t, name))
+    for name in ("eval_every", "save_every", "warmup_steps", "weight_decay"):
+        _positive(f"train.{name}", getattr(t, name), allow_zero=True)
+    _positive("train.lr", t.lr)
+    if t.batch_size % t.grad_accum:
+        raise ConfigError(f"train.batch_size ({t.batch_size}) must be a multiple of train.grad_accum ({t.grad_accum})")
+    _positive("data.max_length", config.data.max_length)
+    if not config.data.train:
+        raise ConfigError("data.train: missing; give the training data file (JSONL, JSON, Parquet or a dataset folder)")
+    if not isinstance(config.method, dict) or not config.method:
+        raise ConfigError("method: expected a mapping such as {name: dpo, beta: 0.1} or {parts: {...}}")
+    return config
+
+
+def _set(tree: dict, dotted: str, value) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        if not isinstance(node.get(key), dict):
+            node[key] = {} if node.get(key) is None else _fail(dotted, key)
+        node = node[key]
+    node[keys[-1]] = value
+
+
+def _fail(dotted, key):
+    raise ConfigError(f"override {dotted}: {key!r} is not a mapping")
+
+
+def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
+    pairs = []
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key=value, e.g. train.steps=20")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError:
+            value = raw
+        pairs.append((key.strip(), value))
+    return pairs
+
+
+def load_config(path: str | Path | None, overrides: list[str] = (), text: str | None = None) -> RunConfig:
+    """Read, override and validate a run configuration."""
+    source = str(path) if path else "<bundled quick start>"
+    if text is None:
+        try:
+            text = Path(path).read_text()
+        except OSError as error:
+            raise ConfigError(f"{source}: cannot read the config file ({error.strerror})") from None
+    try:
+        tree = yaml.safe_load(text) or {}
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        line = f", line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{source}{line}: invalid YAML ({getattr(error, 'problem', error)})") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{source}: the config must be a mapping of keys such as model, method, data, train")
+    if isinstance(tree.get("model"), str):
+        tree["model"] = {"name": tree["model"]}
+    for key, value in parse_overrides(list(overrides)):
+        if key == "model" and isinstance(value, str):
+            key = "model.name"
+        _set(tree, key, value)
+    try:
+        config = build(RunConfig, tree)
+    except ConfigError as error:
+        raise ConfigError(f"{source}: {error}") from None
+    config = dataclasses.replace(config, source=str(path) if path else None)
+    try:
+        return validate(config)
+    except ConfigError as error:
+        raise ConfigError(f"{source}: {error}") from None
+
+
+def to_dict(config: RunConfig) -> dict:
+    return dataclasses.asdict(config)

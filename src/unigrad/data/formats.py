@@ -1,0 +1,167 @@
+"""Validating raw records into examples of the two formats, ``sft`` and ``pairs``.
+
+- ``sft``: ``{"prompt": str, "completion": str}`` or ``{"messages": [...]}`` whose last message is
+  the assistant's (the completion) and whose earlier messages are the prompt.
+- ``pairs``: ``{"prompt", "chosen", "rejected"}``, each a string or a list of messages (chosen and
+  rejected as messages are the answering assistant message(s)); or TRL's implicit-prompt style
+  ``{"chosen": [...], "rejected": [...]}``, full conversations whose shared prefix is the prompt.
+
+A prompt is always returned as a list of messages (a plain string becomes one user message).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from unigrad.data.errors import DataError, type_name
+from unigrad.data.sources import Record
+
+ROLES = ("system", "user", "assistant")
+FORMATS = ("sft", "pairs")
+Messages = tuple[tuple[str, str], ...]  # ((role, content), ...)
+
+
+@dataclass(frozen=True)
+class SFTExample:
+    prompt: Messages
+    completion: str
+    record: Record
+
+
+@dataclass(frozen=True)
+class PairExample:
+    prompt: Messages
+    chosen: str
+    rejected: str
+    record: Record
+
+
+def parse(records: list[Record], format: str) -> list[SFTExample] | list[PairExample]:
+    """Validate every record as ``format`` (``"sft"`` or ``"pairs"``); raises DataError."""
+    if format == "sft":
+        return [parse_sft(r) for r in records]
+    if format == "pairs":
+        return [parse_pair(r) for r in records]
+    raise DataError(f"unknown data format {format!r}; expected one of {', '.join(FORMATS)}")
+
+
+def parse_sft(record: Record) -> SFTExample:
+    obj = _object(record)
+    if obj.get("messages") is not None:
+        messages = _messages(record, obj["messages"], "messages")
+        if len(messages) < 2:
+            _fail(record, 'field "messages" needs at least one prompt message before the final assistant message')
+        role, content = messages[-1]
+        if role != "assistant":
+            _fail(record, f'field "messages" must end with the assistant\'s message (the completion), got role "{role}"')
+        if not content.strip():
+            _fail(record, f'field "messages[{len(messages) - 1}].content" (the completion) is empty')
+        return SFTExample(messages[:-1], content, record)
+    if "prompt" not in obj and "completion" not in obj:
+        _fail(record, 'missing field "prompt" (sft records need "prompt" and "completion", or "messages")')
+    prompt = _string(record, obj, "prompt", allow_empty=True)
+    completion = _string(record, obj, "completion")
+    return SFTExample((("user", prompt),), completion, record)
+
+
+def parse_pair(record: Record) -> PairExample:
+    obj = _object(record)
+    for name in ("chosen", "rejected"):
+        if name not in obj:
+            _fail(record, f'missing field "{name}" (pairs records need "prompt", "chosen" and "rejected")')
+    if obj.get("prompt") is None:
+        if "prompt" in obj or not (isinstance(obj["chosen"], list) and isinstance(obj["rejected"], list)):
+            _fail(record, 'missing field "prompt" (pairs records need "prompt", "chosen" and "rejected"; '
+                          'without "prompt", "chosen" and "rejected" must be full conversations sharing the prompt)')
+        return _implicit_pair(record, obj)
+    prompt_value = obj["prompt"]
+    if isinstance(prompt_value, str):
+        prompt: Messages = (("user", prompt_value),)
+    elif isinstance(prompt_value, list):
+        prompt = _messages(record, prompt_value, "prompt")
+        if not prompt:
+            _fail(record, 'field "prompt" is an empty list of messages')
+    else:
+        _fail(record, f'field "prompt" must be a string or a list of messages, got {type_name(prompt_value)}')
+    return PairExample(prompt, _answer(record, obj, "chosen", prompt), _answer(record, obj, "rejected", prompt), record)
+
+
+def _implicit_pair(record: Record, obj: dict) -> PairExample:
+    chosen = _messages(record, obj["chosen"], "chosen")
+    rejected = _messages(record, obj["rejected"], "rejected")
+    k = 0
+    while k < min(len(chosen), len(rejected)) - 1 and chosen[k] == rejected[k]:
+        k += 1
+    if k == 0:
+        _fail(record, 'fields "chosen" and "rejected" are conversations without a shared prompt; '
+                      'give a "prompt" field or start both with the same prompt messages')
+    for name, conv in (("chosen", chosen), ("rejected", rejected)):
+        for i in range(k, len(conv)):
+            if conv[i][0] != "assistant":
+                _fail(record, f'field "{name}[{i}]" must be an assistant message after the prompt shared with the other answer, got role "{conv[i][0]}"')
+    return PairExample(chosen[:k], _join(record, chosen[k:], "chosen"), _join(record, rejected[k:], "rejected"), record)
+
+
+def _answer(record: Record, obj: dict, name: str, prompt: Messages) -> str:
+    value = obj[name]
+    if isinstance(value, str):
+        if not value.strip():
+            _fail(record, f'field "{name}" is empty')
+        return value
+    if not isinstance(value, list):
+        _fail(record, f'field "{name}" must be a non-empty string or a list of messages, got {type_name(value)}')
+    messages = _messages(record, value, name)
+    if messages[: len(prompt)] == prompt and len(messages) > len(prompt):
+        messages = messages[len(prompt):]  # a full conversation repeating the prompt
+    for i, (role, _) in enumerate(messages):
+        if role != "assistant":
+            _fail(record, f'field "{name}[{i}]" must be an assistant message (the answer), got role "{role}"')
+    return _join(record, messages, name)
+
+
+def _join(record: Record, messages: Messages, name: str) -> str:
+    text = "\n".join(content for _, content in messages)
+    if not text.strip():
+        _fail(record, f'field "{name}" is empty')
+    return text
+
+
+def _object(record: Record) -> dict:
+    if not isinstance(record.value, dict):
+        _fail(record, f"expected a JSON object, got {type_name(record.value)}")
+    return record.value
+
+
+def _string(record: Record, obj: dict, name: str, allow_empty: bool = False) -> str:
+    if name not in obj:
+        _fail(record, f'missing field "{name}"')
+    value = obj[name]
+    if not isinstance(value, str):
+        _fail(record, f'field "{name}" must be a string, got {type_name(value)}')
+    if not allow_empty and not value.strip():
+        _fail(record, f'field "{name}" is empty')
+    return value
+
+
+def _messages(record: Record, value: Any, name: str) -> Messages:
+    if not isinstance(value, list):
+        _fail(record, f'field "{name}" must be a list of messages, got {type_name(value)}')
+    if not value:
+        _fail(record, f'field "{name}" is an empty list of messages')
+    out = []
+    for i, m in enumerate(value):
+        if not isinstance(m, dict):
+            _fail(record, f'field "{name}[{i}]" must be a message object with "role" and "content", got {type_name(m)}')
+        for key in ("role", "content"):
+            if key not in m:
+                _fail(record, f'missing field "{name}[{i}].{key}"')
+            if not isinstance(m[key], str):
+                _fail(record, f'field "{name}[{i}].{key}" must be a string, got {type_name(m[key])}')
+        if m["role"] not in ROLES:
+            _fail(record, f'field "{name}[{i}].role" must be one of {", ".join(ROLES)}, got "{m["role"]}"')
+        out.append((m["role"], m["content"]))
+    return tuple(out)
+
+
+def _fail(record: Record, message: str) -> None:
+    raise DataError(f"{record.where}: {message}")

@@ -1,0 +1,76 @@
+"""The Estimator: one composition of the four parts, and the surrogate loss with its gradient.
+
+    grad = −(1/Z) Σ_b Σ_t m · (π_θ / sg π_den) · Â · ∇ log π_θ         (token unit)
+    grad = −(1/Z) Σ_b m_b · r_b · Â_b · ∇ log r_b,  r_b = exp(within_t(ℓ − ℓ_den))  (sequence unit)
+
+(Lv et al. 2025, "Towards a Unified View of Large Language Model Post-Training", eq. 5; signs for
+descent.) The surrogate −(1/Z) Σ m · r · Â has exactly this gradient, since ∇r = r ∇ log π_θ and m,
+Â and π_den are detached. Its value is not the method's loss; ``Output.objective`` is: the
+advantage's own objective when it has one (a preference loss), otherwise −(1/Z) Σ Â · ℓ for
+likelihood-weighted objectives (π_den = sg π_θ) or −(1/Z) Σ Â · r̃ with the mask's clipped ratio r̃
+for importance-weighted ones (PPO's min(r·Â, clip(r)·Â)).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from unigrad.batch import Batch
+from unigrad.estimator.advantages import Constant
+from unigrad.estimator.denominators import CurrentPolicy
+from unigrad.estimator.likelihoods import Likelihood, reduce_within
+from unigrad.estimator.masks import NoMask
+
+
+@dataclass(frozen=True)
+class Output:
+    loss: Tensor                                     # surrogate with the method's exact gradient
+    objective: Tensor                                # canonical loss value, detached
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Estimator:
+    mask: object = NoMask()
+    denominator: object = CurrentPolicy()
+    advantage: object = Constant(1.0)
+    likelihood: Likelihood = Likelihood()
+
+    @property
+    def requires(self) -> frozenset[str]:
+        return (frozenset({"logp", "mask"}) | self.mask.requires | self.denominator.requires
+                | self.advantage.requires | self.likelihood.normaliser.requires)
+
+    def loss(self, batch: Batch) -> Output:
+        mask = batch.mask.to(batch.logp.dtype)
+        logp = batch.logp * mask
+        log_den = self.denominator(batch).detach() * mask
+        advantage = self.advantage(batch).detach()
+        within = self.likelihood.normaliser.within
+        if self.likelihood.unit == "token":
+            advantage = advantage[:, None].expand_as(logp) if advantage.dim() == 1 else advantage
+            ratio = torch.exp(logp - log_den)
+            weight = self.mask(ratio.detach(), advantage)
+            per_sequence = reduce_within(weight * ratio * advantage, mask, within)
+            value_unit = logp if self.denominator.tracks_policy else self.mask.value_ratio(ratio.detach())
+            value = reduce_within(advantage * value_unit.detach(), mask, within)
+            kept = (weight * mask).sum() / mask.sum().clamp(min=1)
+        else:
+            if advantage.dim() != 1:
+                raise ValueError("a sequence-level likelihood needs one advantage per sequence ([B])")
+            log_ratio = reduce_within(logp - log_den, mask, within)
+            ratio = torch.exp(log_ratio)
+            weight = self.mask(ratio.detach(), advantage)
+            per_sequence = weight * ratio * advantage
+            value_unit = reduce_within(logp, mask, within) if self.denominator.tracks_policy else self.mask.value_ratio(ratio.detach())
+            value = advantage * value_unit.detach()
+            kept = weight.mean()
+        count = self.likelihood.normaliser.count(batch)
+        objective = (self.advantage.objective(batch) if hasattr(self.advantage, "objective")
+                     else -value.sum() / count)
+        metrics = {"advantage_mean": float(advantage.mean()), "mask_kept": float(kept)}
+        if hasattr(self.advantage, "metrics"):
+            metrics.update(self.advantage.metrics(batch))
+        return Output(loss=-per_sequence.sum() / count, objective=objective.detach(), metrics=metrics)

@@ -1,0 +1,49 @@
+"""Stabilization masks m ≥ 0: a detached weight per token (or sequence) that switches the update off
+where the ratio r = π_θ / π_den has left its trust region.
+
+A mask is called with the detached ratio r and the advantage Â (same shape) and returns m.
+``value_ratio`` is the ratio the canonical objective uses in place of r (the clipped one), so that
+the logged objective is the paper's, e.g. PPO's min(r·Â, clip(r)·Â).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class NoMask:
+    """m = 1 (SFT, DPO, REINFORCE)."""
+
+    requires: ClassVar[frozenset[str]] = frozenset()
+
+    def __call__(self, ratio: Tensor, advantage: Tensor) -> Tensor:
+        return torch.ones_like(ratio)
+
+    def value_ratio(self, ratio: Tensor) -> Tensor:
+        return ratio
+
+
+@dataclass(frozen=True)
+class PPOClip:
+    """PPO's clip as a mask (Schulman et al. 2017, "Proximal Policy Optimization Algorithms", eq. 7):
+
+        m = 0  if (Â > 0 and r > 1 + eps_high) or (Â < 0 and r < 1 - eps_low),  else 1,
+
+    which is the gradient of min(r·Â, clip(r, 1-eps_low, 1+eps_high)·Â). eps_low = eps_high gives
+    PPO/GRPO; eps_high > eps_low is DAPO's clip-higher (Yu et al. 2025, "DAPO", eq. 10).
+    """
+
+    eps_low: float = 0.2
+    eps_high: float = 0.2
+    requires: ClassVar[frozenset[str]] = frozenset()
+
+    def __call__(self, ratio: Tensor, advantage: Tensor) -> Tensor:
+        clipped = ((advantage > 0) & (ratio > 1 + self.eps_high)) | ((advantage < 0) & (ratio < 1 - self.eps_low))
+        return (~clipped).to(ratio.dtype)
+
+    def value_ratio(self, ratio: Tensor) -> Tensor:
+        return ratio.clamp(1 - self.eps_low, 1 + self.eps_high)

@@ -1,0 +1,61 @@
+"""Supervised and preference methods (offline), each a composition of the estimator's parts.
+
+Notation: ℓ(y) = Σ_t log π_θ(y_t|x, y_<t), |y| its length, ℓ̄ = ℓ/|y|, h = ℓ − ℓ_ref, σ logistic.
+Pairs are averaged over; SFT is a token mean over the batch.
+"""
+from __future__ import annotations
+
+from unigrad.divergences import divergence as _divergence
+from unigrad.estimator import (
+    Chosen, Constant, Estimator, FDivergenceReward, ImpliedReward, LengthNormalisedReward, Likelihood,
+    Logistic, LogOdds, PairwisePreference, SequenceMean, SequenceSum, Squared, TokenMean,
+)
+from unigrad.objectives import Sum, Term
+
+_PER_PAIR_SUM = Likelihood("sequence", SequenceSum(per="group"))
+_PER_PAIR_MEAN = Likelihood("sequence", SequenceMean(per="group"))
+
+
+def sft() -> Estimator:
+    """Supervised fine-tuning: L = −(1/N) Σ_{b,t} log π_θ(y_t | x, y_<t), N completion tokens.
+    Parts: m = 1, π_den = sg π_θ, Â = 1, token unit, token mean."""
+    return Estimator(advantage=Constant(1.0), likelihood=Likelihood("token", TokenMean()))
+
+
+def dpo(beta: float = 0.1) -> Estimator:
+    """DPO (Rafailov et al. 2023, "Direct Preference Optimization: Your Language Model is Secretly a
+    Reward Model", eq. 7):  L = −log σ(β h(y_w) − β h(y_l)).
+    Parts: m = 1, π_den = sg π_θ, Â = ±β σ(−Δ) (Bradley–Terry), sequence-sum likelihood, per pair."""
+    return Estimator(advantage=PairwisePreference(ImpliedReward(beta), Logistic()), likelihood=_PER_PAIR_SUM)
+
+
+def ipo(tau: float = 0.1) -> Estimator:
+    """IPO (Azar et al. 2023, "A General Theoretical Paradigm to Understand Learning from Human
+    Preferences", eq. 17):  L = (h(y_w) − h(y_l) − 1/(2τ))², sequence sums as in the paper.
+    Parts: Â = ∓2(Δ − 1/(2τ)), sequence-sum likelihood, per pair."""
+    return Estimator(advantage=PairwisePreference(ImpliedReward(1.0), Squared(1 / (2 * tau))), likelihood=_PER_PAIR_SUM)
+
+
+def simpo(beta: float = 2.0, gamma: float = 0.5) -> Estimator:
+    """SimPO (Meng et al. 2024, "SimPO: Simple Preference Optimization with a Reference-Free
+    Reward", eq. 6):  L = −log σ(β ℓ̄(y_w) − β ℓ̄(y_l) − γ); no reference model.
+    Parts: Â = ±β σ(−Δ), length-normalised (sequence-mean) likelihood, per pair."""
+    return Estimator(advantage=PairwisePreference(LengthNormalisedReward(beta), Logistic(margin=gamma)),
+                     likelihood=_PER_PAIR_MEAN)
+
+
+def orpo(lam: float = 0.1) -> Sum:
+    """ORPO (Hong et al. 2024, "ORPO: Monolithic Preference Optimization without Reference Model",
+    eqs. 2–7):  L = −ℓ̄(y_w) − λ log σ(log odds(y_w) − log odds(y_l)),  odds = P/(1−P), P = exp ℓ̄.
+    A weighted sum of SFT on the chosen response and an odds-ratio preference term."""
+    nll_chosen = Estimator(advantage=Chosen(), likelihood=_PER_PAIR_MEAN)
+    odds_ratio = Estimator(advantage=PairwisePreference(LogOdds(), Logistic()), likelihood=_PER_PAIR_MEAN)
+    return Sum((Term(1.0, nll_chosen, "sft"), Term(lam, odds_ratio, "odds_ratio")))
+
+
+def f_dpo(beta: float = 0.1, divergence: str = "reverse_kl", alpha: float = 0.5) -> Estimator:
+    """f-DPO (Wang et al. 2023, "Beyond Reverse KL: Generalizing Direct Preference Optimization with
+    Diverse Divergence Constraints", eq. 9):  L = −log σ(β f′(u_w) − β f′(u_l)),  u = π_θ(y|x)/π_ref(y|x),
+    f ∈ {reverse_kl, forward_kl, js, alpha}. Parts: Â = ±β σ(−Δ) u f″(u), sequence-sum likelihood."""
+    score = FDivergenceReward(beta, _divergence(divergence, alpha))
+    return Estimator(advantage=PairwisePreference(score, Logistic()), likelihood=_PER_PAIR_SUM)

