@@ -60,7 +60,13 @@ def _methods(_args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    bad = [item for item in extra if "=" not in item or item.startswith("-")]
+    if bad or (extra and args.command != "train"):
+        parser.error(f"unrecognized arguments: {' '.join(bad or extra)}")
+    if extra:  # key=value overrides given after an option
+        args.overrides = [*args.overrides, *extra]
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()   # per-save "Writing model shards" bars drown the training bar

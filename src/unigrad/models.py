@@ -278,6 +278,9 @@ def load_model(name: str, dtype: torch.dtype = torch.float32, device: str | torc
         model, tokenizer = _load_folder(folder, dtype, False)
     elif os.path.isdir(os.path.expanduser(str(name))):
         model, tokenizer = _load_folder(os.path.expanduser(str(name)), dtype, trust_remote_code)
+    elif str(name).startswith((".", "/", "~")) or os.path.exists(os.path.expanduser(str(name))):
+        raise ModelError(f"model {name!r}: no model folder there (a local path must be a folder holding "
+                         f"config.json and safetensors weights)")
     else:
         try:
             model, tokenizer = _load_folder(name, dtype, trust_remote_code)

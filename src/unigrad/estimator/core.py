@@ -8,7 +8,7 @@ descent.) The surrogate −(1/Z) Σ m · r · Â has exactly this gradient, sinc
 Â and π_den are detached. Its value is not the method's loss; ``Output.objective`` is: the
 advantage's own objective when it has one (a preference loss), otherwise −(1/Z) Σ Â · ℓ for
 likelihood-weighted objectives (π_den = sg π_θ) or −(1/Z) Σ Â · r̃ with the mask's clipped ratio r̃
-for importance-weighted ones (PPO's min(r·Â, clip(r)·Â)).
+for importance-weighted ones, r̃ = r where m keeps the term (PPO's min(r·Â, clip(r)·Â)).
 """
 from __future__ import annotations
 
@@ -43,6 +43,11 @@ class Estimator:
         return (frozenset({"logp", "mask"}) | self.mask.requires | self.denominator.requires
                 | self.advantage.requires | self.likelihood.normaliser.requires)
 
+    def _value_ratio(self, ratio: Tensor, weight: Tensor) -> Tensor:
+        """r where the mask keeps the term, the mask's clipped ratio where it cuts it: with PPO's clip
+        this makes Σ Â·r̃ equal Σ min(r·Â, clip(r)·Â)."""
+        return torch.where(weight > 0, ratio, self.mask.value_ratio(ratio))
+
     def loss(self, batch: Batch) -> Output:
         mask = batch.mask.to(batch.logp.dtype)
         logp = batch.logp * mask
@@ -54,7 +59,7 @@ class Estimator:
             ratio = torch.exp(logp - log_den)
             weight = self.mask(ratio.detach(), advantage)
             per_sequence = reduce_within(weight * ratio * advantage, mask, within)
-            value_unit = logp if self.denominator.tracks_policy else self.mask.value_ratio(ratio.detach())
+            value_unit = logp if self.denominator.tracks_policy else self._value_ratio(ratio.detach(), weight)
             value = reduce_within(advantage * value_unit.detach(), mask, within)
             kept = (weight * mask).sum() / mask.sum().clamp(min=1)
         else:
@@ -64,7 +69,7 @@ class Estimator:
             ratio = torch.exp(log_ratio)
             weight = self.mask(ratio.detach(), advantage)
             per_sequence = weight * ratio * advantage
-            value_unit = reduce_within(logp, mask, within) if self.denominator.tracks_policy else self.mask.value_ratio(ratio.detach())
+            value_unit = reduce_within(logp, mask, within) if self.denominator.tracks_policy else self._value_ratio(ratio.detach(), weight)
             value = advantage * value_unit.detach()
             kept = weight.mean()
         count = self.likelihood.normaliser.count(batch)

@@ -1,0 +1,36 @@
+"""Gradient accumulation: k micro-batches with the step's global counts give the gradient of one
+batch of k, for every method (the loop relies on it; so will multi-process training)."""
+import pytest
+import torch
+
+import unigrad as ug
+
+CASES = [("sft", {}), ("dpo", {"beta": 0.1}), ("ipo", {"tau": 0.5}), ("simpo", {}), ("orpo", {"lam": 0.5}),
+         ("f-dpo", {"divergence": "js"})]
+
+
+def _batch(rows, logp, mask, ref, group, sign, totals):
+    return ug.Batch(logp=logp[rows], mask=mask[rows], logp_ref=ref[rows], group=group[rows], sign=sign[rows], **totals)
+
+
+@pytest.mark.parametrize("name, params", CASES)
+def test_micro_batches_sum_to_the_full_batch_gradient(name, params):
+    g = torch.Generator().manual_seed(0)
+    pairs, T = 4, 7
+    mask = (torch.arange(T)[None] < torch.randint(1, T + 1, (2 * pairs, 1), generator=g)).double()
+    logp = (-2 * torch.rand(2 * pairs, T, generator=g, dtype=torch.float64) * mask).requires_grad_()
+    ref = -2 * torch.rand(2 * pairs, T, generator=g, dtype=torch.float64) * mask
+    group = torch.arange(pairs).repeat_interleave(2)
+    sign = torch.tensor([1.0, -1.0], dtype=torch.float64).repeat(pairs)
+    objective = ug.method(name, **params)
+    totals = {"n_tokens": float(mask.sum()), "n_sequences": float(2 * pairs), "n_groups": float(pairs)}
+    full = objective.loss(ug.Batch(logp=logp, mask=mask, logp_ref=ref, group=group, sign=sign))
+    g_full, = torch.autograd.grad(full.loss, logp)
+    parts = [objective.loss(_batch(rows, logp, mask, ref, group, sign, totals)) for rows in (slice(0, 4), slice(4, 8))]
+    g_acc, = torch.autograd.grad(sum(p.loss for p in parts), logp)
+    torch.testing.assert_close(g_acc, g_full, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(sum(p.objective for p in parts), full.objective, rtol=1e-12, atol=1e-14)
+    # Without the global counts, each micro-batch would be normalised by its own size: not equal.
+    local = [objective.loss(_batch(rows, logp, mask, ref, group, sign, {})) for rows in (slice(0, 4), slice(4, 8))]
+    g_local, = torch.autograd.grad(sum(p.loss for p in local), logp)
+    assert not torch.allclose(g_local, g_full)
