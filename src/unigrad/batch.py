@@ -8,14 +8,16 @@ Conventions (public API, see DESIGN.md):
 - Pairs (DPO family): a pair's chosen and rejected rows share ``group``; ``sign`` is +1 for the
   chosen row and -1 for the rejected one. Both rows of a pair are always in the same batch.
 - Rollouts (GRPO family): rows sampled for the same prompt share ``group``.
-- ``n_tokens``, ``n_sequences``, ``n_groups`` are the global counts a normaliser divides by. The
-  training loop sets them to the totals over all micro-batches of an optimiser step (and over all
-  processes), so that k accumulated micro-batches give the same update as one batch of k. Left
-  ``None``, they are counted on this batch.
+- ``step`` is the whole optimiser step this batch is a micro-batch of (every field but a
+  meaningful ``logp``), and ``rows`` [B] the indices of this batch's rows in it. Normalisers count
+  tokens, sequences and groups on the whole step, and reward-based advantages (group or batch
+  statistics) are computed on it, so k accumulated micro-batches give exactly the update of one
+  batch of k. Left ``None``, the batch is its own step.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,29 +34,54 @@ class Batch:
     reward: Tensor | None = None      # [B] scalar reward per sequence
     group: Tensor | None = None       # [B] long: prompt id or pair id
     sign: Tensor | None = None        # [B] +1 chosen / -1 rejected (or forget)
-    n_tokens: float | None = None     # global normalisation counts (see module docstring)
-    n_sequences: float | None = None
-    n_groups: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # other data (teacher log-probs, ...)
+    step: "Batch | None" = None       # the whole optimiser step (see module docstring)
+    rows: Tensor | None = None        # [B] long: this batch's rows in ``step``
 
     def replace(self, **changes: Any) -> "Batch":
         return dataclasses.replace(self, **changes)
 
     @property
+    def whole(self) -> "Batch":
+        """The optimiser step this batch belongs to (itself when it is a whole step)."""
+        return self.step if self.step is not None else self
+
+    def from_whole(self, values: Tensor) -> Tensor:
+        """This batch's rows of a per-row tensor computed on ``whole``."""
+        return values if self.step is None else values[self.rows]
+
+    @property
     def tokens_total(self) -> float:
-        return float(self.n_tokens) if self.n_tokens is not None else float(self.mask.sum())
+        return float(self.whole.mask.sum())
 
     @property
     def sequences_total(self) -> float:
-        return float(self.n_sequences) if self.n_sequences is not None else float(self.mask.shape[0])
+        return float(self.whole.mask.shape[0])
 
     @property
     def groups_total(self) -> float:
-        if self.n_groups is not None:
-            return float(self.n_groups)
-        if self.group is None:
+        group = self.whole.group
+        if group is None:
             raise ValueError("this objective normalises per group but the batch has no `group` field")
-        return float(torch.unique(self.group).numel())
+        return float(torch.unique(group).numel())
+
+    def to_device(self, device) -> "Batch":
+        moved = {name: getattr(self, name).to(device) for name in _ROW_FIELDS if getattr(self, name) is not None}
+        return dataclasses.replace(self, **moved)
+
+    def micro_batch(self, rows: Tensor) -> "Batch":
+        """Rows ``rows`` of this step as one of its micro-batches (what the training loop builds)."""
+        return dataclasses.replace(_slice(self, rows), step=self, rows=rows)
+
+    def subset(self, keep_whole: Tensor) -> "Batch":
+        """The rows kept by ``keep_whole`` ([B] bool over ``whole``), as a batch whose whole step is
+        the kept rows of the step: a sub-objective on it counts and normalises over its own rows."""
+        if self.step is None:
+            return _slice(self, keep_whole)
+        keep = keep_whole[self.rows]
+        position = torch.cumsum(keep_whole.long(), 0) - 1
+        return dataclasses.replace(_slice(self, keep), step=_slice(self.step, keep_whole),
+                                   rows=position[self.rows[keep]])
 
     def require(self, name: str) -> Tensor:
         """The field ``name``, or a clear error saying the objective needs it."""
@@ -65,3 +92,24 @@ class Batch:
 
 
 _FIELDS = {f.name for f in dataclasses.fields(Batch)}
+_ROW_FIELDS = ("logp", "mask", "logp_old", "logp_ref", "reward", "group", "sign")
+
+
+def _slice(batch: Batch, rows: Tensor) -> Batch:
+    """Every per-row field (and every ``extra`` tensor whose first dimension is B) at ``rows``."""
+    size = batch.logp.shape[0]
+    if rows.dtype == torch.bool and rows.shape != (size,):
+        raise ValueError(f"a boolean row mask must have shape [{size}], got {tuple(rows.shape)}")
+    changes = {name: getattr(batch, name)[rows] for name in _ROW_FIELDS if getattr(batch, name) is not None}
+    changes["extra"] = {key: value[rows] if isinstance(value, Tensor) and value.dim() > 0 and value.shape[0] == size
+                        else value for key, value in batch.extra.items()}
+    return dataclasses.replace(batch, step=None, rows=None, **changes)
+
+
+def whole_step(advantage_call):
+    """Decorate an advantage's ``__call__`` that depends only on step data (rewards, groups), not on
+    log-probs: it is computed on the whole step and this batch's rows are returned."""
+    @functools.wraps(advantage_call)
+    def call(self, batch: Batch) -> Tensor:
+        return batch.from_whole(advantage_call(self, batch.whole))
+    return call

@@ -79,4 +79,4 @@ class KLPenalty:
         mask = batch.mask.to(batch.logp.dtype)
         per_token = kl_estimate(batch.logp, batch.require("logp_ref").detach(), self.estimator) * mask
         loss = reduce_within(per_token, mask, self.normaliser.within).sum() / self.normaliser.count(batch)
-        return Output(loss=loss, objective=loss.detach(), metrics={"kl": float(loss)})
+        return Output(loss=loss, objective=loss.detach(), metrics={"kl": float(loss.detach())})

@@ -177,8 +177,8 @@ class Trainer:
     def pad_id(self) -> int:
         return self.tokenizer.pad_token_id
 
-    def batch_loss(self, split: Split, indices: list[int], totals: dict):
-        """Objective output on the sequences ``indices`` of ``split``, normalised by ``totals``."""
+    def batch_loss(self, split: Split, indices: list[int], step: Batch, rows: list[int]):
+        """Objective output on the sequences ``indices`` of ``split``: rows ``rows`` of ``step``."""
         sequences = [split.sequences[i] for i in indices]
         tb = collate(sequences, self.pad_id, packed=self.config.data.packed).to(self.device)
         logp = token_logprobs(self.model, tb, self.config.train.chunk_size)
@@ -186,14 +186,18 @@ class Trainer:
         if "logp_ref" in self.objective.requires:
             fields["logp_ref"] = self.reference(split.name, indices, tb, logp.dtype)
         batch = Batch(logp=logp, mask=tb.completion_mask.to(logp.dtype), group=tb.group, sign=tb.sign.to(logp.dtype),
-                      **totals, **fields)
+                      step=step, rows=torch.tensor(rows, device=logp.device), **fields)
         return self.objective.loss(batch), sum(s.length for s in sequences)
 
 
-def totals_of(split: Split, units: list[int]) -> dict:
-    indices = [i for u in units for i in split.units[u]]
-    return {"n_tokens": float(sum(len(split.sequences[i].completion_ids) for i in indices)),
-            "n_sequences": float(len(indices)), "n_groups": float(len(units))}
+def step_batch(split: Split, indices: list[int], device) -> Batch:
+    """The whole optimiser step as data (no log-probs): what normalisers count and step-level
+    advantages read. Micro-batches point to it (``Batch.step``), so accumulation is exact."""
+    sequences = [split.sequences[i] for i in indices]
+    lengths = torch.tensor([len(s.completion_ids) for s in sequences])
+    mask = (torch.arange(int(lengths.max()))[None] < lengths[:, None]).float()
+    return Batch(logp=torch.zeros_like(mask), mask=mask, group=torch.tensor([s.group for s in sequences]),
+                 sign=torch.tensor([s.sign for s in sequences], dtype=torch.float32)).to_device(device)
 
 
 def evaluate(trainer: Trainer, split: Split) -> dict:
@@ -201,14 +205,15 @@ def evaluate(trainer: Trainer, split: Split) -> dict:
     was_training = trainer.model.training
     trainer.model.eval()
     all_units = list(range(len(split.units)))
-    totals = totals_of(split, all_units)
+    everything = [i for u in all_units for i in split.units[u]]
+    step = step_batch(split, everything, trainer.device)
     objective, weighted, weight = 0.0, {}, 0.0
     size = trainer.config.train.eval_batch_size
     with torch.no_grad():
         for start in range(0, len(all_units), size):
             units = all_units[start:start + size]
             indices = [i for u in units for i in split.units[u]]
-            out, _ = trainer.batch_loss(split, indices, totals)
+            out, _ = trainer.batch_loss(split, indices, step, indices)
             objective += float(out.objective)
             for key, value in out.metrics.items():
                 weighted[key] = weighted.get(key, 0.0) + float(value) * len(units)
@@ -333,7 +338,8 @@ def train(config: RunConfig, resume: bool = False, progress: bool = True) -> dic
     for step in range(start, t.steps):
         started = time.perf_counter()
         units = step_units(len(train_split.units), t.batch_size, step, t.seed)
-        totals = totals_of(train_split, units)
+        everything = [i for u in units for i in train_split.units[u]]
+        whole = step_batch(train_split, everything, device)
         lr = learning_rate(step, t)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -341,7 +347,9 @@ def train(config: RunConfig, resume: bool = False, progress: bool = True) -> dic
         per_micro = t.batch_size // t.grad_accum
         for micro in range(t.grad_accum):
             indices = [i for u in units[micro * per_micro:(micro + 1) * per_micro] for i in train_split.units[u]]
-            out, n = trainer.batch_loss(train_split, indices, totals)
+            start_row = sum(len(train_split.units[u]) for u in units[:micro * per_micro])
+            rows = list(range(start_row, start_row + len(indices)))
+            out, n = trainer.batch_loss(train_split, indices, whole, rows)
             out.loss.backward()
             loss_sum += float(out.loss.detach())
             objective_sum += float(out.objective)

@@ -5,6 +5,9 @@ from __future__ import annotations
 import inspect
 
 from unigrad.methods.preference import dpo, f_dpo, ipo, orpo, sft, simpo
+from unigrad.methods.offline import a_lol, a_lol_kl, a_lol_ref_free, a_lol_seq, asft, ddo
+from unigrad.methods.unlearning import flat, ga, grad_diff, ihl, npo, safe_align
+from unigrad.methods.rl import dapo, dr_grpo, grpo, gspo, hpt, reinforce, reinforce_pp, rloo
 
 REGISTRY = {
     "sft": sft,
@@ -13,6 +16,26 @@ REGISTRY = {
     "simpo": simpo,
     "orpo": orpo,
     "f-dpo": f_dpo,
+    "ga": ga,
+    "grad-diff": grad_diff,
+    "npo": npo,
+    "ihl": ihl,
+    "flat": flat,
+    "safe-align": safe_align,
+    "asft": asft,
+    "ddo": ddo,
+    "a-lol": a_lol,
+    "a-lol-ref-free": a_lol_ref_free,
+    "a-lol-seq": a_lol_seq,
+    "a-lol-kl": a_lol_kl,
+    "grpo": grpo,
+    "dr-grpo": dr_grpo,
+    "dapo": dapo,
+    "gspo": gspo,
+    "rloo": rloo,
+    "reinforce": reinforce,
+    "reinforce++": reinforce_pp,
+    "hpt": hpt,
 }
 
 
@@ -31,6 +54,13 @@ def method(name: str, **params):
     if unknown:
         raise ValueError(f"method {name!r} has no parameter {', '.join(map(repr, unknown))}; "
                          f"its parameters are: {signature(name)}")
+    for key, value in params.items():
+        default = accepted[key].default
+        if isinstance(default, (int, float)) and not isinstance(default, bool):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"method {name!r}: parameter {key} must be a number, got {value!r}")
+        elif isinstance(default, str) and not isinstance(value, str):
+            raise ValueError(f"method {name!r}: parameter {key} must be a string, got {value!r}")
     return factory(**params)
 
 

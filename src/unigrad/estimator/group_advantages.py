@@ -1,0 +1,193 @@
+"""Advantages of online RL: a detached weight per rollout computed from its scalar reward.
+
+Every part reads ``batch.reward`` [B] (one scalar per completion) and, where it compares a rollout
+with the other rollouts of its prompt, ``batch.group`` [B] (the prompt id; rows of one prompt may sit
+anywhere in the batch, ids need not be contiguous). Notation: R_i the reward of rollout i, G(i) the
+rows sharing its prompt, n = |G(i)|, mean_G and std_G the mean and standard deviation over G(i).
+
+    GroupNormalised    Â_i = (R_i − mean_G R) / (std_G R + eps)          GRPO (DeepSeekMath), DAPO, GSPO
+    GroupCentred       Â_i = R_i − mean_G R                              Dr. GRPO
+    LeaveOneOut        Â_i = R_i − (1/(n−1)) Σ_{j∈G(i), j≠i} R_j         RLOO (Ahmadian et al. 2024)
+    Reinforce          Â_i = R_i − b,  b = a constant or the batch mean   REINFORCE
+    GlobalNormalised   Â = (A − mean_batch A) / std_batch A,  A = R (or R − mean_G R)   REINFORCE++
+
+All statistics are taken over the rows of the batch the part is given. Group statistics therefore
+need every rollout of a prompt in the same (micro-)batch, and ``GlobalNormalised`` needs the whole
+optimiser-step batch: a loop that splits a step into micro-batches must compute these advantages
+on the full step (they are detached data, not part of the gradient computation).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import torch
+from torch import Tensor
+
+from unigrad.batch import Batch, whole_step
+
+
+def group_index(group: Tensor) -> tuple[Tensor, Tensor]:
+    """(inverse, counts): the dense index 0..K−1 of each row's group and the size of each group."""
+    _, inverse = torch.unique(group, return_inverse=True)
+    counts = torch.bincount(inverse)
+    return inverse, counts
+
+
+def group_mean(values: Tensor, group: Tensor) -> Tensor:
+    """mean_G(i) of ``values`` [B], broadcast back to the rows: [B]."""
+    inverse, counts = group_index(group)
+    sums = torch.zeros(counts.numel(), dtype=values.dtype, device=values.device).index_add_(0, inverse, values)
+    return (sums / counts.to(values.dtype))[inverse]
+
+
+def group_std(values: Tensor, group: Tensor, unbiased: bool = True) -> Tensor:
+    """std_G(i) of ``values`` [B] per row: unbiased (divides by n − 1, like ``torch.std``) or biased
+    (divides by n). A group of one row has std 0 (its centred reward is 0 anyway)."""
+    inverse, counts = group_index(group)
+    centred = values - group_mean(values, group)
+    squares = torch.zeros(counts.numel(), dtype=values.dtype, device=values.device).index_add_(0, inverse, centred ** 2)
+    dof = (counts - 1 if unbiased else counts).clamp(min=1).to(values.dtype)
+    return torch.sqrt(squares / dof)[inverse]
+
+
+def _reward(batch: Batch) -> Tensor:
+    reward = batch.require("reward").detach()
+    if reward.dim() != 1 or reward.shape[0] != batch.logp.shape[0]:
+        raise ValueError(f"`reward` must have one value per row ([B] = [{batch.logp.shape[0]}]), got shape {tuple(reward.shape)}")
+    return reward.to(batch.logp.dtype)
+
+
+def _reward_metrics(batch: Batch) -> dict[str, float]:
+    reward = _reward(batch)
+    return {"reward_mean": float(reward.mean()), "reward_std": float(reward.std(unbiased=False))}
+
+
+@dataclass(frozen=True)
+class GroupNormalised:
+    """Â_i = (R_i − mean_G R) / (std_G R + eps)  (Shao et al. 2024, "DeepSeekMath: Pushing the Limits
+    of Mathematical Reasoning in Open Language Models", §4.1.2, outcome supervision).
+
+    The paper does not say which std. ``unbiased=True`` (default) divides by n − 1, as ``torch.std``
+    does in the implementations people run (TRL's GRPOTrainer, verl's ``compute_grpo_outcome_advantage``,
+    OpenRLHF's ``group_norm``); ``unbiased=False`` divides by n. eps = 1e-6 is verl's (TRL uses 1e-4,
+    OpenRLHF 1e-9). A group whose rewards are all equal gets Â = 0."""
+
+    eps: float = 1e-6
+    unbiased: bool = True
+    requires: ClassVar[frozenset[str]] = frozenset({"reward", "group"})
+
+    @whole_step
+    def __call__(self, batch: Batch) -> Tensor:
+        reward, group = _reward(batch), batch.require("group")
+        return (reward - group_mean(reward, group)) / (group_std(reward, group, self.unbiased) + self.eps)
+
+    def metrics(self, batch: Batch) -> dict[str, float]:
+        reward, group = _reward(batch), batch.require("group")
+        flat = group[group_std(reward, group) == 0]
+        return {**_reward_metrics(batch), "groups_zero_std": torch.unique(flat).numel() / torch.unique(group).numel()}
+
+
+@dataclass(frozen=True)
+class GroupCentred:
+    """Â_i = R_i − mean_G R, no division by the std  (Liu et al. 2025, "Understanding R1-Zero-Like
+    Training: A Critical Perspective", Dr. GRPO; also OPMD/AsymRE's group-relative REINFORCE)."""
+
+    requires: ClassVar[frozenset[str]] = frozenset({"reward", "group"})
+
+    @whole_step
+    def __call__(self, batch: Batch) -> Tensor:
+        reward = _reward(batch)
+        return reward - group_mean(reward, batch.require("group"))
+
+    def metrics(self, batch: Batch) -> dict[str, float]:
+        return _reward_metrics(batch)
+
+
+@dataclass(frozen=True)
+class LeaveOneOut:
+    """Â_i = R_i − (1/(n−1)) Σ_{j≠i} R_j = n/(n−1) · (R_i − mean_G R)  (RLOO; Ahmadian et al. 2024,
+    "Back to Basics: Revisiting REINFORCE Style Optimization for Learning from Human Feedback in
+    LLMs", §3.2; Kool et al. 2019). Needs at least two rollouts per prompt."""
+
+    requires: ClassVar[frozenset[str]] = frozenset({"reward", "group"})
+
+    @whole_step
+    def __call__(self, batch: Batch) -> Tensor:
+        reward, group = _reward(batch), batch.require("group")
+        inverse, counts = group_index(group)
+        n = counts[inverse].to(reward.dtype)
+        if torch.any(n < 2):
+            raise ValueError("leave-one-out baseline: every prompt (`group`) needs at least 2 rollouts in the batch")
+        sums = torch.zeros(counts.numel(), dtype=reward.dtype, device=reward.device).index_add_(0, inverse, reward)[inverse]
+        return reward - (sums - reward) / (n - 1)
+
+    def metrics(self, batch: Batch) -> dict[str, float]:
+        return _reward_metrics(batch)
+
+
+@dataclass(frozen=True)
+class Reinforce:
+    """Â_i = R_i − b  (Williams 1992, "Simple Statistical Gradient-Following Algorithms for
+    Connectionist Reinforcement Learning"): b = ``baseline`` (a constant, default 0: plain REINFORCE),
+    or, with ``batch_mean=True``, b = the mean reward of the batch."""
+
+    baseline: float = 0.0
+    batch_mean: bool = False
+    requires: ClassVar[frozenset[str]] = frozenset({"reward"})
+
+    @whole_step
+    def __call__(self, batch: Batch) -> Tensor:
+        reward = _reward(batch)
+        return reward - (reward.mean() if self.batch_mean else self.baseline)
+
+    def metrics(self, batch: Batch) -> dict[str, float]:
+        return _reward_metrics(batch)
+
+
+@dataclass(frozen=True)
+class GlobalNormalised:
+    """REINFORCE++'s global advantage normalisation (Hu et al. 2025, "REINFORCE++: A Simple and
+    Efficient Approach for Aligning Large Language Models", arXiv 2501.03262):
+
+        A_i = R_i                      (REINFORCE++, any number of rollouts per prompt)
+        A_i = R_i − mean_G R           (``group_baseline=True``: "REINFORCE++ w/ baseline", k > 1)
+        Â   = (A − mean_batch A) / sqrt(max(var_batch A, eps))
+
+    The group mean is subtracted first only in the baseline variant; plain REINFORCE++ normalises
+    the raw rewards. Statistics as in OpenRLHF (the authors' implementation,
+    ``compute_advantages_and_returns``): the advantage is a per-token quantity (every token of a
+    completion carries its sequence's A when no KL is folded into the reward), so with
+    ``over="token"`` (default) mean and variance are over all completion tokens of the batch, i.e.
+    weighted by length, and the variance is the biased one (÷ N); eps = 1e-8 bounds the variance
+    from below (OpenRLHF's ``var.clamp(min=1e-8).rsqrt()``). ``over="sequence"`` weighs every
+    completion once. The token-level KL that REINFORCE++ folds into the reward is not included."""
+
+    group_baseline: bool = False
+    over: Literal["token", "sequence"] = "token"
+    eps: float = 1e-8
+
+    def __post_init__(self):
+        if self.over not in ("token", "sequence"):
+            raise ValueError(f"GlobalNormalised.over must be 'token' or 'sequence', got {self.over!r}")
+
+    @property
+    def requires(self) -> frozenset[str]:
+        return frozenset({"reward", "group"}) if self.group_baseline else frozenset({"reward"})
+
+    @whole_step
+    def __call__(self, batch: Batch) -> Tensor:
+        advantage = _reward(batch)
+        if self.group_baseline:
+            advantage = advantage - group_mean(advantage, batch.require("group"))
+        if self.over == "token":
+            weight = batch.mask.to(advantage.dtype).sum(-1)
+        else:
+            weight = torch.ones_like(advantage)
+        total = weight.sum()
+        mean = (weight * advantage).sum() / total
+        var = (weight * (advantage - mean) ** 2).sum() / total
+        return (advantage - mean) / torch.sqrt(var.clamp(min=self.eps))
+
+    def metrics(self, batch: Batch) -> dict[str, float]:
+        return _reward_metrics(batch)

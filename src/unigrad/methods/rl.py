@@ -1,0 +1,185 @@
+"""Online RL methods (rollouts scored by a reward), each a composition of the estimator's parts.
+
+Notation: a prompt q has rollouts y_1..y_n (rows sharing ``group``) sampled from π_old, each with a
+scalar reward R_i; ℓ_{i,t} = log π_θ(y_{i,t}|q, y_{i,<t}); r_{i,t} = π_θ/π_old at token t;
+clip(r) = clip(r, 1 − ε_low, 1 + ε_high); |y_i| the completion length; N the number of rollouts in
+the batch (the step), N_tok the number of their completion tokens. Losses are to be minimised.
+
+Rollout-level pieces that are not part of the gradient (DAPO's dynamic sampling and overlong reward
+shaping) are pure functions here, ``keep_informative_groups`` and ``overlong_penalty``; the sampler
+/ training loop applies them before the batch reaches the objective.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from unigrad.estimator import (
+    BehaviourPolicy, Constant, ConstantNormaliser, CurrentPolicy, Estimator, GlobalNormalised, GroupCentred,
+    GroupNormalised, LeaveOneOut, Likelihood, PPOClip, Reinforce, SequenceMean, SequenceSum, TokenMean,
+)
+from unigrad.estimator.masks import NoMask
+from unigrad.gates import Gate
+from unigrad.objectives import KLPenalty, Sum, Term
+
+_PER_SEQUENCE_TOKEN_MEAN = Likelihood("token", SequenceMean())
+_SEQUENCE_LOGPROB = Likelihood("sequence", SequenceSum())
+
+
+def _with_kl(policy: Estimator, beta: float):
+    if beta < 0:
+        raise ValueError(f"beta (KL coefficient) must be ≥ 0, got {beta}")
+    if beta == 0:
+        return policy
+    return Sum((Term(1.0, policy, "policy"), Term(beta, KLPenalty("k3", SequenceMean()), "kl")))
+
+
+def grpo(eps: float = 0.2, beta: float = 0.0):
+    """GRPO (Shao et al. 2024, "DeepSeekMath: Pushing the Limits of Mathematical Reasoning in Open
+    Language Models", eq. 3, outcome supervision §4.1.2):
+
+        L = −(1/N) Σ_i (1/|y_i|) Σ_t [ min(r_{i,t} Â_i, clip(r_{i,t}, 1−ε, 1+ε) Â_i) − β D_KL,t ]
+        Â_i = (R_i − mean_G R) / (std_G R + 1e-6)   (unbiased std, see ``GroupNormalised``)
+        D_KL,t = π_ref/π_θ − log(π_ref/π_θ) − 1      (k3, eq. 4), differentiated through π_θ
+
+    Parts: m = PPO clip (ε, ε), π_den = π_old, Â group-normalised, token unit with per-sequence token
+    mean then mean over sequences; β > 0 adds ``KLPenalty("k3", SequenceMean())`` with weight β (the
+    paper uses β = 0.04; default 0 as in DAPO / Dr. GRPO / most R1-Zero recipes)."""
+    policy = Estimator(mask=PPOClip(eps, eps), denominator=BehaviourPolicy(), advantage=GroupNormalised(),
+                       likelihood=_PER_SEQUENCE_TOKEN_MEAN)
+    return _with_kl(policy, beta)
+
+
+def dr_grpo(eps: float = 0.2, max_tokens: float = 3000.0) -> Estimator:
+    """Dr. GRPO (Liu et al. 2025, "Understanding R1-Zero-Like Training: A Critical Perspective", §3.2):
+    GRPO without its two biases, the std division and the 1/|y_i| length normalisation:
+
+        L = −(1/(c·N)) Σ_i Σ_t min(r_{i,t} Â_i, clip(r_{i,t}, 1−ε, 1+ε) Â_i),   Â_i = R_i − mean_G R
+
+    with a constant c = ``max_tokens``. The authors' code (oat, ``critic_type=drgrpo``) divides each
+    sequence's token sum by ``generate_max_length`` and averages over sequences; their example
+    scripts (sail-sg/understand-r1-zero) set it to 3000, hence the default. Set it to the sampler's
+    maximum completion length. Parts: PPO clip, π_old, group-centred Â, token unit, Constant(c)."""
+    return Estimator(mask=PPOClip(eps, eps), denominator=BehaviourPolicy(), advantage=GroupCentred(),
+                     likelihood=Likelihood("token", ConstantNormaliser(float(max_tokens))))
+
+
+def dapo(eps_low: float = 0.2, eps_high: float = 0.28) -> Estimator:
+    """DAPO (Yu et al. 2025, "DAPO: An Open-Source LLM Reinforcement Learning System at Scale", eq. 8
+    with clip-higher eq. 10 and the token-level loss eq. 12):
+
+        L = −(1/Σ_i |y_i|) Σ_i Σ_t min(r_{i,t} Â_i, clip(r_{i,t}, 1−ε_low, 1+ε_high) Â_i),
+        Â_i = (R_i − mean_G R) / std_G R,   ε_low = 0.2, ε_high = 0.28 (paper's values), no KL.
+
+    Parts: PPO clip (ε_low, ε_high), π_old, group-normalised Â, token unit, token mean over the
+    batch. DAPO's other two techniques act on the data, not the gradient: dynamic sampling
+    (``keep_informative_groups``: keep only prompts with 0 < #correct < G, and sample more until
+    the batch is full) and soft overlong punishment (``overlong_penalty``, added to the reward);
+    the sampler / loop applies them."""
+    return Estimator(mask=PPOClip(eps_low, eps_high), denominator=BehaviourPolicy(), advantage=GroupNormalised(),
+                     likelihood=Likelihood("token", TokenMean()))
+
+
+def keep_informative_groups(reward: Tensor, group: Tensor) -> Tensor:
+    """DAPO's dynamic sampling filter (eq. 11 constraint 0 < |{o_i correct}| < G): a [B] bool mask,
+    True on the rows of prompts whose rewards are not all equal (those with all-equal rewards have
+    Â = 0 and give no gradient). The sampler keeps drawing prompts until the batch is full."""
+    _, inverse = torch.unique(group, return_inverse=True)
+    k = int(inverse.max()) + 1 if inverse.numel() else 0
+    lowest = torch.full((k,), float("inf"), dtype=torch.float64, device=reward.device)
+    highest = torch.full((k,), float("-inf"), dtype=torch.float64, device=reward.device)
+    values = reward.detach().to(torch.float64)
+    lowest = lowest.scatter_reduce(0, inverse, values, reduce="amin")
+    highest = highest.scatter_reduce(0, inverse, values, reduce="amax")
+    return (highest > lowest)[inverse]
+
+
+def overlong_penalty(lengths: Tensor, max_length: float, cache: float, factor: float = 1.0) -> Tensor:
+    """DAPO's soft overlong punishment (eq. 13), a reward term added to the task reward:
+
+        R_length(y) = 0                                  |y| ≤ L_max − L_cache
+                      ((L_max − L_cache) − |y|) / L_cache  L_max − L_cache < |y| ≤ L_max
+                      −1                                 |y| > L_max
+
+    times ``factor`` (verl's ``overlong_buffer.penalty_factor``; 1 in the paper). L_max =
+    ``max_length``, L_cache = ``cache``; the paper uses L_max = 20480, L_cache = 4096."""
+    if not 0 < cache <= max_length:
+        raise ValueError(f"overlong_penalty: need 0 < cache ≤ max_length, got cache={cache}, max_length={max_length}")
+    lengths = torch.as_tensor(lengths, dtype=torch.float64)
+    expected = max_length - cache
+    penalty = ((expected - lengths) / cache).clamp(min=-1.0, max=0.0)
+    return factor * penalty
+
+
+def gspo(eps_low: float = 3e-4, eps_high: float = 4e-4) -> Estimator:
+    """GSPO (Zheng et al. 2025, "Group Sequence Policy Optimization", eqs. 5–7):
+
+        L = −(1/N) Σ_i min(s_i Â_i, clip(s_i, 1−ε_low, 1+ε_high) Â_i),
+        s_i = (π_θ(y_i|q)/π_old(y_i|q))^{1/|y_i|} = exp((1/|y_i|) Σ_t (ℓ_{i,t} − ℓ^old_{i,t})),
+        Â_i = (R_i − mean_G R) / std_G R.
+
+    Defaults ε_low = 3e-4, ε_high = 4e-4 are the paper's clipping ranges (§5.1). Parts: PPO clip on
+    the sequence ratio, π_old, group-normalised Â, sequence unit with the length-normalised
+    (sequence-mean) log-ratio, mean over sequences."""
+    return Estimator(mask=PPOClip(eps_low, eps_high), denominator=BehaviourPolicy(), advantage=GroupNormalised(),
+                     likelihood=Likelihood("sequence", SequenceMean()))
+
+
+def rloo() -> Estimator:
+    """RLOO (Ahmadian et al. 2024, "Back to Basics: Revisiting REINFORCE Style Optimization for
+    Learning from Human Feedback in LLMs", §3.2): on-policy REINFORCE, the whole completion one action,
+
+        L = −(1/N) Σ_i Â_i log π_θ(y_i|q),   Â_i = R_i − (1/(n−1)) Σ_{j≠i} R_j.
+
+    Parts: m = 1, π_den = sg π_θ (r ≡ 1), leave-one-out Â, sequence log-prob (sum), mean over
+    rollouts. (Implementations that reuse a batch for several PPO-style epochs add a clip and π_old;
+    compose ``PPOClip`` · ``BehaviourPolicy`` · ``LeaveOneOut`` for that.)"""
+    return Estimator(mask=NoMask(), denominator=CurrentPolicy(), advantage=LeaveOneOut(), likelihood=_SEQUENCE_LOGPROB)
+
+
+def reinforce(baseline: float = 0.0, batch_mean: bool = False) -> Estimator:
+    """REINFORCE (Williams 1992, "Simple Statistical Gradient-Following Algorithms for Connectionist
+    Reinforcement Learning"), the completion one action:
+
+        L = −(1/N) Σ_i (R_i − b) log π_θ(y_i|q),   b = ``baseline`` or, with batch_mean, mean_batch R.
+
+    Parts: m = 1, π_den = sg π_θ, Â = R − b, sequence log-prob (sum), mean over rollouts."""
+    return Estimator(mask=NoMask(), denominator=CurrentPolicy(), advantage=Reinforce(baseline, batch_mean),
+                     likelihood=_SEQUENCE_LOGPROB)
+
+
+def reinforce_pp(eps: float = 0.2, group_baseline: bool = False) -> Estimator:
+    """REINFORCE++ (Hu et al. 2025, "REINFORCE++: A Simple and Efficient Approach for Aligning Large
+    Language Models", arXiv 2501.03262): PPO's clipped surrogate without a critic, advantages
+    normalised over the global batch:
+
+        L = −(1/N_tok) Σ_i Σ_t min(r_{i,t} Â_i, clip(r_{i,t}, 1−ε, 1+ε) Â_i),
+        Â = (A − mean_batch A) / std_batch A,   A_i = R_i  (or R_i − mean_G R with group_baseline,
+        the paper's "REINFORCE++ w/ baseline").
+
+    Token mean over the batch as OpenRLHF's ``PolicyLoss`` (``token_level_loss=True``). Omitted: the
+    token-level KL penalty the paper folds into the reward (r_t = 1[t = EOS] R − β KL_t) — with it,
+    Â varies along the completion; leave it out or add a ``KLPenalty`` term instead."""
+    return Estimator(mask=PPOClip(eps, eps), denominator=BehaviourPolicy(),
+                     advantage=GlobalNormalised(group_baseline=group_baseline), likelihood=Likelihood("token", TokenMean()))
+
+
+def hpt(gamma: float = 0.0, eps: float = 0.2, sft_weight: float = 1.0) -> Gate:
+    """HPT, Hybrid Post-Training (Lv et al. 2025, "Towards a Unified View of Large Language Model
+    Post-Training", arXiv 2509.04419): per prompt q with n rollouts and success rate P(q),
+
+        L = Σ_q 1[P(q) ≤ γ] · w L_SFT(τ*_q)  +  1[P(q) > γ] · L_GRPO(y_{q,1..n})
+
+    L_SFT = −(1/N_demo) Σ ℓ over the demonstration tokens of the SFT-routed prompts (token mean);
+    L_GRPO = ``grpo(eps)`` on the rollouts of the RL-routed prompts (per-sequence token mean, mean over
+    those rollouts). γ = 0 (SFT only when no rollout is correct) is the paper's setting for
+    Qwen2.5-Math; it uses γ = 2/8 for Llama-3.1-8B. w = 1 (0.3 in its Qwen2.5-Math-1.5B run).
+
+    Rows: demonstrations marked ``extra["is_demo"]``; rows of a prompt share ``group``. Deviations
+    from the released training script (kept to the paper's GRPO form here): the script centres
+    rewards without the std (``grpo_use_std=False``), drops the clip, sums over tokens and divides by
+    the maximum response length (Dr. GRPO's normaliser) jointly for SFT and RL rows, and adds an
+    entropy bonus (0.001). Compose ``Gate(below=..., above=dr_grpo(...))`` for that form."""
+    sft = Estimator(mask=NoMask(), denominator=CurrentPolicy(), advantage=Constant(1.0), likelihood=Likelihood("token", TokenMean()))
+    below = sft if sft_weight == 1.0 else Sum((Term(float(sft_weight), sft, "sft"),))
+    return Gate(threshold_field="success_rate", gamma=float(gamma), below=below, above=grpo(eps=eps))
