@@ -30,6 +30,14 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.add_argument("--debug", action="store_true", help="show tracebacks")
     commands.add_parser("methods", help="list every method with its four parts")
+    _add_eval_parser(commands)
+    report = commands.add_parser("report", help="plots and an index.html of a training run's metrics")
+    report.add_argument("run_dir", help="a run's output_dir (holding metrics.jsonl)")
+    report.add_argument("--debug", action="store_true", help="show tracebacks")
+    from unigrad.diagnostics import add_diagnose_command
+    from unigrad.merge import add_merge_command
+    add_merge_command(commands)        # `unigrad merge`, `unigrad diagnose`: each sets its own handler
+    add_diagnose_command(commands)
     return parser
 
 
@@ -59,6 +67,97 @@ def _methods(_args) -> int:
     return 0
 
 
+def _add_eval_parser(commands) -> None:
+    ev = commands.add_parser("eval", help="accuracy, mean reward, pass@k and best-of-n of a model on prompts")
+    ev.add_argument("--model", default="smollm2-135m-instruct",
+                    help="smollm2-135m-instruct (default), tiny-random, a model folder (e.g. runs/x/final) or a Hub id")
+    source = ev.add_mutually_exclusive_group()
+    source.add_argument("--data", help="a prompts file (prompt, answer): JSONL, JSON, Parquet or a datasets folder")
+    source.add_argument("--task", choices=["arithmetic"], help="a built-in task's test split (the default: arithmetic)")
+    ev.add_argument("--difficulty", type=int, default=2, help="arithmetic level 1-5 (default 2)")
+    ev.add_argument("--num-test", type=int, default=50,
+                    help="arithmetic test-split size: make_splits(n_train, NUM_TEST, seed=0)[1] (default 50)")
+    ev.add_argument("--reward", default="numeric_match",
+                    help="numeric_match (default), math_verify_match, format_reward, module:function or file.py:function")
+    ev.add_argument("--select", help="reward that picks the best of the samples (a reward spec, or a reward-model "
+                                     "folder); default: --reward itself (then best-of-n accuracy = pass@n)")
+    ev.add_argument("--k", type=int, nargs="+", help="pass@k for these k (sampling --samples per prompt); "
+                                                     "without --k and --samples only greedy decoding runs")
+    ev.add_argument("--samples", type=int, help="samples per prompt for pass@k / best-of-n (default: the largest k; "
+                                                   "without --k: pass@1 and pass@SAMPLES)")
+    ev.add_argument("--limit", type=int, help="evaluate only the first N prompts")
+    ev.add_argument("--max-new-tokens", type=int, help="default 48 for the arithmetic task, 256 for --data")
+    ev.add_argument("--temperature", type=float, default=1.0, help="sampling temperature for pass@k (default 1.0)")
+    ev.add_argument("--top-p", type=float, default=1.0)
+    ev.add_argument("--batch-size", type=int, default=16, help="rows (prompts x samples) decoded together")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--out", help="write the full result (metrics and every completion) to this JSON file")
+    ev.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ev.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def _eval(args) -> int:
+    import json
+    import os
+
+    import torch
+
+    from unigrad.evaluate import evaluate_prompts, format_table
+    from unigrad.models import load_model
+    from unigrad.rewards import RewardModel, load_reward
+    for name in ("limit", "samples", "max_new_tokens", "num_test", "batch_size"):
+        value = getattr(args, name)
+        if value is not None and value < (0 if name == "samples" else 1):
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= {0 if name == 'samples' else 1}, got {value}")
+    try:
+        reward = load_reward(args.reward)
+        select = None
+        if args.select:
+            select = RewardModel(args.select) if os.path.isdir(os.path.expanduser(args.select)) else load_reward(args.select)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    if args.data:
+        from unigrad.data.prompts import load_prompts
+        examples, where = load_prompts(args.data, limit=args.limit), args.data
+        max_new = args.max_new_tokens or 256
+    else:
+        from unigrad.tasks.arithmetic import make_splits
+        try:
+            examples = make_splits(0, args.num_test, seed=0, difficulty=args.difficulty)[1]
+        except ValueError as e:
+            raise ConfigError(f"--difficulty/--num-test: {e}") from e
+        examples = examples[:args.limit] if args.limit else examples
+        where = f"arithmetic test split (difficulty {args.difficulty}, seed 0)"
+        max_new = args.max_new_tokens or 48
+    num_samples = args.samples if args.samples is not None else (max(args.k) if args.k else 0)
+    if args.k and any(k < 1 for k in args.k):
+        raise ConfigError(f"--k must be >= 1, got {args.k}")
+    if args.k and max(args.k) > num_samples:
+        raise ConfigError(f"--k {max(args.k)} needs --samples >= {max(args.k)}, got {num_samples}")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model, tokenizer = load_model(args.model, device=device)
+    print(f"unigrad eval: {args.model} on {where}, {len(examples)} prompts, reward {args.reward}", file=sys.stderr)
+    ks = args.k or ([1, num_samples] if num_samples else [])
+    result = evaluate_prompts(model, tokenizer, examples, reward, k=ks, num_samples=num_samples,
+                              temperature=args.temperature, top_p=args.top_p, max_new_tokens=max_new,
+                              batch_size=args.batch_size, seed=args.seed, select_reward=select,
+                              progress=not args.no_progress)
+    result = {"model": args.model, "data": where, "reward": args.reward, "select": args.select, **result}
+    print(format_table(result))
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=1, ensure_ascii=False)
+        print(f"written to {args.out}")
+    return 0
+
+
+def _report(args) -> int:
+    from unigrad.report import write_report
+    print(write_report(args.run_dir))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
@@ -70,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()   # per-save "Writing model shards" bars drown the training bar
-    handler = {"train": _train, "methods": _methods}[args.command]
+    handler = {"train": _train, "methods": _methods, "eval": _eval, "report": _report}.get(args.command) or args.handler
     try:
         return handler(args)
     except USER_ERRORS as error:

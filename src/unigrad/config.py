@@ -38,14 +38,52 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class TaskConfig:
+    """A built-in task generated on the fly instead of data files (``prompts`` format)."""
+    name: Literal["arithmetic"] = "arithmetic"
+    train_size: int = 2000
+    eval_size: int = 100
+    difficulty: int = 2
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class DataConfig:
     train: str = ""
     eval: Union[str, None] = None
-    format: Literal["sft", "pairs"] = "pairs"
+    format: Literal["sft", "pairs", "prompts", "forget", "scored"] = "pairs"
+    task: Union[TaskConfig, None] = None     # prompts from a built-in task instead of files
     max_length: int = 512
     truncation: bool = False
     packed: bool = True
     limit: Union[int, None] = None           # use only the first N records (smoke tests)
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    """Online sampling (``prompts`` data): completions per prompt and how they are drawn."""
+    num_generations: int = 8
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    epochs: int = 1                          # optimiser updates per rollout batch (PPO/GRPO's μ)
+    sampler: Literal["hf", "vllm"] = "hf"
+    max_batch_size: Union[int, None] = None  # rows decoded at once (memory)
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    function: str = "numeric_match"          # a built-in name, module:function or file.py:function
+    fallback: float = 0.0                    # the reward of a sample whose reward function fails
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    """A teacher for distillation: its log-probs come under inference mode, top-k to save memory."""
+    name: Union[str, None] = None            # like model.name; same tokenizer/vocabulary as the student
+    k: Union[int, None] = 32                 # teacher's top-k probabilities kept per token (null: full vocabulary)
+    temperature: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -72,6 +110,7 @@ class TrainConfig:
     eval_batch_size: int = 16
     save_every: int = 0                      # 0: no intermediate checkpoints
     keep_checkpoints: int = 2
+    track_kl: bool = False                   # log KL(π_θ‖π_ref) on the batch even if the loss has none
     log_every: int = 1
     tensorboard: bool = True
     threads: Union[int, None] = None         # torch CPU threads
@@ -83,6 +122,9 @@ class RunConfig:
     method: dict = field(default_factory=lambda: {"name": "dpo"})
     data: DataConfig = field(default_factory=DataConfig)
     reference: ReferenceConfig = field(default_factory=ReferenceConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     output_dir: str = "runs/unigrad"
     source: Union[str, None] = None          # the file it was read from (set by load_config)
@@ -172,8 +214,15 @@ def validate(config: RunConfig) -> RunConfig:
     if t.batch_size % t.grad_accum:
         raise ConfigError(f"train.batch_size ({t.batch_size}) must be a multiple of train.grad_accum ({t.grad_accum})")
     _positive("data.max_length", config.data.max_length)
-    if not config.data.train:
-        raise ConfigError("data.train: missing; give the training data file (JSONL, JSON, Parquet or a dataset folder)")
+    if not config.data.train and not config.data.task:
+        raise ConfigError("data.train: missing; give the training data file (JSONL, JSON, Parquet or a dataset folder)"
+                          " or, for prompts, a built-in data.task")
+    if config.data.task and config.data.format != "prompts":
+        raise ConfigError("data.task: built-in tasks are prompts; set data.format: prompts")
+    r = config.rollout
+    for name in ("num_generations", "max_new_tokens", "epochs"):
+        _positive(f"rollout.{name}", getattr(r, name))
+    _positive("rollout.temperature", r.temperature, allow_zero=True)
     if not isinstance(config.method, dict) or not config.method:
         raise ConfigError("method: expected a mapping such as {name: dpo, beta: 0.1} or {parts: {...}}")
     return config

@@ -268,9 +268,10 @@ def load_model(name: str, dtype: torch.dtype = torch.float32, device: str | torc
     The tokenizer always has an eos token, a pad token (eos when the model has none) and a chat
     template where the vocabulary has ChatML tokens.
     """
-    if name == TINY_RANDOM:
+    if name == TINY_RANDOM or str(name).startswith(TINY_RANDOM + ":"):   # tiny-random:SEED for distinct tiny models
         tokenizer = tiny_tokenizer()
-        model = tiny_random_model(tokenizer=tokenizer, dtype=dtype)
+        seed = int(str(name).split(":", 1)[1]) if ":" in str(name) else 0
+        model = tiny_random_model(seed=seed, tokenizer=tokenizer, dtype=dtype)
     elif name == EMBEDDED_MODEL:
         folder = embedded_model_folder()
         if not (folder / "config.json").exists():

@@ -1,14 +1,14 @@
 """The training loop: one loop for every method.
 
-It asks the objective which Batch fields it ``requires`` and fills only those; everything
-method-specific lives in the objective. Per optimiser step: draw ``batch_size`` examples (a pair
-counts as one), split them into ``grad_accum`` micro-batches, compute per-token log-probs, build a
-``Batch`` whose normalisation counts are the step's totals (so accumulation is exact), backprop
-``objective.loss(batch).loss``, clip, step.
+Each optimiser step: draw ``batch_size`` units (a pair, an example, or a prompt with its rollouts)
+from the experience source, split them into ``grad_accum`` micro-batches, compute per-token
+log-probs, build a ``Batch`` that knows its whole step (so normalisation over micro-batches is
+exact), backprop ``objective.loss(batch).loss``, clip, step. The loop asks the objective what it
+``requires`` and fills only that; nothing method-specific lives here.
 """
 from __future__ import annotations
 
-import dataclasses
+import copy
 import json
 import logging
 import math
@@ -25,58 +25,24 @@ from unigrad.batch import Batch
 from unigrad.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from unigrad.config import ConfigError, RunConfig, to_dict
 from unigrad.data import count_truncated, load_dataset_sequences
+from unigrad.experience import (
+    Experience, RolloutSource, Split, demonstration_rows, load_prompt_splits, resolve_data_path, step_units,
+)
 from unigrad.methods.compose import build_objective
 from unigrad.models import load_model, save_model
+from unigrad.objectives import kl_estimate
 from unigrad.policy import collate, reference_logprobs, token_logprobs
-from unigrad.tokens import Sequence
 
 log = logging.getLogger("unigrad")
 
-# Batch fields this loop can fill, besides logp and mask (rollouts and rewards come with samplers).
-PROVIDED = frozenset({"logp", "mask", "group", "sign", "logp_ref"})
-
-
-# ---------------------------------------------------------------------------- data in units
-
-@dataclass(frozen=True)
-class Split:
-    """A tokenised dataset cut into units: the sequences that must share a batch (a pair)."""
-    name: str
-    sequences: list[Sequence]
-    units: list[list[int]]
-
-
-def resolve_data_path(path: str, config_source: str | None) -> str:
-    """``path`` as given if it exists, else relative to the config file, else to the data shipped
-    with unigrad (so ``data/pairs/train.jsonl`` works from any folder)."""
-    from importlib import resources
-    candidates = [Path(path)]
-    if config_source:
-        candidates.append(Path(config_source).parent / path)
-    candidates.append(Path(str(resources.files("unigrad").joinpath("resources"))) / path)
-    for candidate in candidates:
-        if candidate.exists():
-            return str(candidate)
-    return path  # the data layer reports it missing, naming it
-
-
-def make_split(name: str, sequences: list[Sequence]) -> Split:
-    units, last = [], object()
-    for index, sequence in enumerate(sequences):
-        if sequence.group != last:
-            units.append([])
-            last = sequence.group
-        units[-1].append(index)
-    return Split(name, sequences, units)
-
-
-def step_units(n_units: int, batch_size: int, step: int, seed: int) -> list[int]:
-    """The units of optimiser step ``step``: a fresh seeded permutation per epoch, so the data
-    order is a pure function of (seed, step) and a resumed run sees the same batches."""
-    per_epoch = n_units // batch_size
-    epoch, position = divmod(step, per_epoch)
-    order = torch.randperm(n_units, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
-    return order[position * batch_size:(position + 1) * batch_size].tolist()
+# Batch fields each kind of data can fill, besides logp and mask.
+PROVIDED = {
+    "sft": frozenset({"group", "sign", "logp_ref"}),
+    "pairs": frozenset({"group", "sign", "logp_ref"}),
+    "prompts": frozenset({"group", "sign", "logp_ref", "reward", "logp_old", "is_demo"}),
+    "forget": frozenset({"group", "sign", "logp_ref"}),
+    "scored": frozenset({"group", "sign", "logp_ref", "reward", "value"}),
+}
 
 
 def learning_rate(step: int, cfg) -> float:
@@ -108,17 +74,22 @@ def make_optimizer(params, cfg):
 
 # ---------------------------------------------------------------------------- reference log-probs
 
-class Reference:
-    """log π_ref for any sequence, either precomputed once for the datasets (then no reference model
-    stays in memory) or computed per batch from a frozen model under inference mode."""
+def _is_peft(model) -> bool:
+    return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
 
-    def __init__(self, config: RunConfig, policy, splits: list[Split], pad_id: int, device):
+
+class Reference:
+    """log π_ref of any rows: precomputed once for a dataset (then no reference model stays in
+    memory), or computed per batch under inference mode from a frozen copy of the initial policy
+    (with LoRA: the policy with its adapters switched off)."""
+
+    def __init__(self, config: RunConfig, policy, splits: list[Split], pad_id: int):
         self.config, self.pad_id = config, pad_id
         self.table: dict[tuple[str, int], torch.Tensor] | None = None
         self.model = None
-        cache = Path(config.output_dir) / "reference_logps.safetensors"
-        if config.reference.precompute:
-            if cache.exists():
+        if splits and config.reference.precompute:
+            cache = Path(config.output_dir) / "reference_logps.safetensors"
+            if cache.exists():  # a resumed run must use the initial policy's values, not recompute them
                 self.table = {(key.split("/")[0], int(key.split("/")[1])): value
                               for key, value in load_file(str(cache)).items()}
             else:
@@ -127,9 +98,8 @@ class Reference:
                 save_file({f"{split}/{index}": v for (split, index), v in self.table.items()}, str(tmp))
                 tmp.replace(cache)
         elif _is_peft(policy):
-            self.model = policy  # adapters switched off while computing the reference
+            self.model = policy
         else:
-            import copy
             self.model = copy.deepcopy(policy).eval().requires_grad_(False)
 
     def _precompute(self, policy, splits: list[Split]) -> dict:
@@ -145,21 +115,19 @@ class Reference:
                     table[(split.name, index)] = logp[row, :length].float().contiguous().cpu()
         return table
 
-    def __call__(self, split: str, indices: list[int], tb, dtype) -> torch.Tensor:
-        if self.table is not None:
+    def __call__(self, keys: list | None, tb, dtype) -> torch.Tensor:
+        if self.table is not None and keys is not None:
             out = torch.zeros(tb.completion_mask.shape, dtype=dtype)
-            for row, index in enumerate(indices):
-                values = self.table[(split, index)]
+            for row, key in enumerate(keys):
+                values = self.table[key]
                 out[row, :values.numel()] = values.to(dtype)
             return out.to(tb.completion_mask.device)
+        if self.model is None:
+            raise RuntimeError("reference log-probs were precomputed for the dataset only")
         if _is_peft(self.model):
             with self.model.disable_adapter():
                 return reference_logprobs(self.model, tb, self.config.train.chunk_size).to(dtype)
         return reference_logprobs(self.model, tb, self.config.train.chunk_size).to(dtype)
-
-
-def _is_peft(model) -> bool:
-    return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
 
 
 # ---------------------------------------------------------------------------- one loss evaluation
@@ -172,54 +140,66 @@ class Trainer:
     objective: object
     reference: Reference | None
     device: torch.device
+    teacher: object = None
 
-    @property
-    def pad_id(self) -> int:
-        return self.tokenizer.pad_token_id
-
-    def batch_loss(self, split: Split, indices: list[int], step: Batch, rows: list[int]):
-        """Objective output on the sequences ``indices`` of ``split``: rows ``rows`` of ``step``."""
-        sequences = [split.sequences[i] for i in indices]
-        tb = collate(sequences, self.pad_id, packed=self.config.data.packed).to(self.device)
-        logp = token_logprobs(self.model, tb, self.config.train.chunk_size)
-        fields = {}
-        if "logp_ref" in self.objective.requires:
-            fields["logp_ref"] = self.reference(split.name, indices, tb, logp.dtype)
-        batch = Batch(logp=logp, mask=tb.completion_mask.to(logp.dtype), group=tb.group, sign=tb.sign.to(logp.dtype),
-                      step=step, rows=torch.tensor(rows, device=logp.device), **fields)
-        return self.objective.loss(batch), sum(s.length for s in sequences)
-
-
-def step_batch(split: Split, indices: list[int], device) -> Batch:
-    """The whole optimiser step as data (no log-probs): what normalisers count and step-level
-    advantages read. Micro-batches point to it (``Batch.step``), so accumulation is exact."""
-    sequences = [split.sequences[i] for i in indices]
-    lengths = torch.tensor([len(s.completion_ids) for s in sequences])
-    mask = (torch.arange(int(lengths.max()))[None] < lengths[:, None]).float()
-    return Batch(logp=torch.zeros_like(mask), mask=mask, group=torch.tensor([s.group for s in sequences]),
-                 sign=torch.tensor([s.sign for s in sequences], dtype=torch.float32)).to_device(device)
+    def batch_loss(self, experience: Experience, rows: list[int], step: Batch):
+        """Objective output on rows ``rows`` of ``experience`` (whose whole step is ``step``)."""
+        sequences = [experience.sequences[i] for i in rows]
+        tb = collate(sequences, self.tokenizer.pad_token_id, packed=self.config.data.packed).to(self.device)
+        distilled = {}
+        if self.teacher is not None:  # one student pass gives both its token log-probs and the teacher-support ones
+            from unigrad.distill import distill_fields
+            t = self.config.teacher
+            distilled = distill_fields(self.model, self.teacher, tb, k=t.k, chunk_size=self.config.train.chunk_size,
+                                       temperature=t.temperature)
+            logp = distilled["student_logp_target"]
+        else:
+            logp = token_logprobs(self.model, tb, self.config.train.chunk_size)
+        fields = experience.row_fields(rows, logp.shape[1])
+        if distilled:
+            fields["extra"] = {**fields.get("extra", {}), **distilled}
+        fields = {k: (v.to(self.device) if torch.is_tensor(v) else {n: t.to(self.device) for n, t in v.items()})
+                  for k, v in fields.items()}
+        if self.reference is not None:
+            keys = [experience.reference_keys[i] for i in rows] if experience.reference_keys else None
+            fields["logp_ref"] = self.reference(keys, tb, logp.dtype)
+        mask = tb.completion_mask.to(logp.dtype)
+        batch = Batch(logp=logp, mask=mask, group=tb.group, sign=tb.sign.to(logp.dtype), step=step,
+                      rows=torch.tensor(rows, device=logp.device), **fields)
+        out = self.objective.loss(batch)
+        if "logp_ref" in fields:  # KL(π_θ‖π_ref) on these tokens (k3), a diagnostic whether or not the loss has it
+            kl = (kl_estimate(logp.detach(), fields["logp_ref"], "k3") * mask).sum() / mask.sum().clamp(min=1)
+            out.metrics["kl_ref"] = float(kl)
+        return out, sum(s.length for s in sequences)
 
 
 def evaluate(trainer: Trainer, split: Split) -> dict:
     """The objective and its metrics on a whole split (counts over the split, so sums are exact)."""
     was_training = trainer.model.training
     trainer.model.eval()
-    all_units = list(range(len(split.units)))
-    everything = [i for u in all_units for i in split.units[u]]
-    step = step_batch(split, everything, trainer.device)
+    experience = split.experience(list(range(len(split.units))))
+    step = experience.step_batch(trainer.device)
     objective, weighted, weight = 0.0, {}, 0.0
     size = trainer.config.train.eval_batch_size
     with torch.no_grad():
-        for start in range(0, len(all_units), size):
-            units = all_units[start:start + size]
-            indices = [i for u in units for i in split.units[u]]
-            out, _ = trainer.batch_loss(split, indices, step, indices)
+        for start in range(0, len(experience.units), size):
+            units = list(range(start, min(start + size, len(experience.units))))
+            out, _ = trainer.batch_loss(experience, experience.rows_of(units), step)
             objective += float(out.objective)
             for key, value in out.metrics.items():
                 weighted[key] = weighted.get(key, 0.0) + float(value) * len(units)
             weight += len(units)
     trainer.model.train(was_training)
     return {"objective": objective, **{key: value / weight for key, value in weighted.items()}}
+
+
+def evaluate_prompts_split(trainer: Trainer, examples: list, reward_fn) -> dict:
+    """Greedy held-out accuracy and mean reward on prompts."""
+    from unigrad.evaluate import evaluate_prompts
+    r = trainer.config.rollout
+    result = evaluate_prompts(trainer.model, trainer.tokenizer, examples, reward_fn, k=None, num_samples=0,
+                              max_new_tokens=r.max_new_tokens, batch_size=r.max_batch_size or 64)
+    return {key: float(value) for key, value in result.items() if isinstance(value, (int, float))}
 
 
 # ---------------------------------------------------------------------------- the loop
@@ -274,19 +254,40 @@ class MetricsLog:
 
 
 def check_requirements(objective, config: RunConfig) -> None:
-    missing = objective.requires - PROVIDED
+    from unigrad.distill import DISTILL_FIELDS
+    provided = PROVIDED[config.data.format] | (DISTILL_FIELDS if config.teacher.name else frozenset())
+    if objective.requires & DISTILL_FIELDS and not config.teacher.name:
+        raise ConfigError("teacher.name: this method distils a teacher; give the teacher model (like model.name)")
+    missing = objective.requires - provided - {"logp", "mask"}
     if missing:
         raise ConfigError(f"method: this objective needs batch field(s) {', '.join(sorted(missing))}, which "
-                          f"`unigrad train` cannot provide from data.format={config.data.format!r}")
-    if "sign" in objective.requires and config.data.format != "pairs":
-        raise ConfigError(f"method: this objective compares chosen and rejected responses; set data.format: pairs "
-                          f"(got {config.data.format!r})")
+                          f"data.format={config.data.format!r} cannot provide"
+                          + ("; online methods need data.format: prompts" if missing & {"reward", "logp_old"} else ""))
+    if "sign" in objective.requires and config.data.format == "sft":
+        raise ConfigError("method: this objective compares chosen and rejected responses; set data.format: pairs "
+                          "(got 'sft')")
+
+
+def _load_reward(config: RunConfig):
+    from unigrad.rewards import load_reward
+    try:
+        return load_reward(config.reward.function)
+    except (ValueError, ImportError, AttributeError) as error:
+        raise ConfigError(f"reward.function: {error}") from None
+
+
+def _sampler(config: RunConfig, model, tokenizer):
+    if config.rollout.sampler == "vllm":
+        from unigrad.rollout.vllm import VLLMSampler
+        return VLLMSampler(model, tokenizer)
+    from unigrad.rollout.hf import HFSampler
+    return HFSampler(model, tokenizer, max_batch_size=config.rollout.max_batch_size)
 
 
 def train(config: RunConfig, resume: bool = False, progress: bool = True) -> dict:
     """Run ``config``; returns the final metrics. With ``resume`` it continues from the last
     checkpoint in ``output_dir`` and reaches the same result as an uninterrupted run."""
-    t = config.train
+    t, online = config.train, config.data.format == "prompts"
     out_dir = Path(config.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if t.threads:
@@ -298,25 +299,43 @@ def train(config: RunConfig, resume: bool = False, progress: bool = True) -> dic
     model, tokenizer = load_model(config.model.name, dtype=_dtype(config.model.dtype, device), device=device,
                                   trust_remote_code=config.model.trust_remote_code)
 
+    def resolve(path):
+        return resolve_data_path(path, config.source)
+
     def load(path: str | None, name: str) -> Split | None:
         if not path:
             return None
-        sequences = load_dataset_sequences(resolve_data_path(path, config.source), config.data.format, tokenizer, config.data.max_length,
+        sequences = load_dataset_sequences(resolve(path), config.data.format, tokenizer, config.data.max_length,
                                            config.data.truncation, limit=config.data.limit)
         if count_truncated(sequences):
             log.warning("%s: %d sequences truncated to max_length=%d", path, count_truncated(sequences), config.data.max_length)
-        return make_split(name, sequences)
+        return Split.of(name, sequences)
 
-    train_split, eval_split = load(config.data.train, "train"), load(config.data.eval, "eval")
-    if len(train_split.units) < t.batch_size:
-        raise ConfigError(f"train.batch_size={t.batch_size} is larger than the training set "
-                          f"({len(train_split.units)} examples in {config.data.train})")
+    reward_fn = _load_reward(config) if online else None
+    if online:
+        train_prompts, eval_prompts = load_prompt_splits(config, tokenizer, resolve)
+        n_units, eval_split = len(train_prompts), None
+    else:
+        train_split, eval_split = load(config.data.train, "train"), load(config.data.eval, "eval")
+        n_units = len(train_split.units)
+    if n_units < t.batch_size:
+        raise ConfigError(f"train.batch_size={t.batch_size} is larger than the training set ({n_units} examples)")
     if config.model.lora:
         model = _apply_lora(model, config.model.lora)
     reference = None
-    if "logp_ref" in objective.requires:
-        reference = Reference(config, model, [s for s in (train_split, eval_split) if s], tokenizer.pad_token_id, device)
-    trainer = Trainer(config, model, tokenizer, objective, reference, device)
+    if "logp_ref" in objective.requires or t.track_kl:
+        splits = [] if online else [s for s in (train_split, eval_split) if s]
+        reference = Reference(config, model, splits, tokenizer.pad_token_id)
+    teacher = None
+    if config.teacher.name:
+        teacher, _ = load_model(config.teacher.name, dtype=_dtype(config.model.dtype, device), device=device,
+                                trust_remote_code=config.model.trust_remote_code)
+        teacher.requires_grad_(False)
+    trainer = Trainer(config, model, tokenizer, objective, reference, device, teacher)
+    if online:
+        demos = demonstration_rows(train_prompts, tokenizer, config.data.max_length) if "is_demo" in objective.requires else None
+        source = RolloutSource(train_prompts, _sampler(config, model, tokenizer), reward_fn, config.rollout,
+                               config.reward.fallback, demos, t.seed)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, t)
 
@@ -329,48 +348,58 @@ def train(config: RunConfig, resume: bool = False, progress: bool = True) -> dic
         log.info("no checkpoint in %s: starting from step 0", checkpoints)
     (out_dir / "config.json").write_text(json.dumps(to_dict(config), indent=1, default=str))
     metrics_log = MetricsLog(out_dir, start, t.tensorboard)
-    if eval_split and start == 0:
-        metrics_log.write(0, {f"eval/{k}": v for k, v in evaluate(trainer, eval_split).items()})
+
+    def held_out() -> dict:
+        if online:
+            return {f"eval/{k}": v for k, v in evaluate_prompts_split(trainer, eval_prompts, reward_fn).items()} if eval_prompts else {}
+        return {f"eval/{k}": v for k, v in evaluate(trainer, eval_split).items()} if eval_split else {}
+
+    if start == 0:
+        before = held_out()
+        if before:
+            metrics_log.write(0, before)
+            log.info("held-out before training: %s", _brief(before))
 
     model.train()
     bar = _progress(t.steps, start, progress)
     last = {}
     for step in range(start, t.steps):
         started = time.perf_counter()
-        units = step_units(len(train_split.units), t.batch_size, step, t.seed)
-        everything = [i for u in units for i in train_split.units[u]]
-        whole = step_batch(train_split, everything, device)
+        units = step_units(n_units, t.batch_size, step, t.seed)
+        experience = source.experience(units, step, tokenizer) if online else train_split.experience(list(units))
+        whole = experience.step_batch(device)
         lr = learning_rate(step, t)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        loss_sum, objective_sum, tokens, metrics = 0.0, 0.0, 0, {}
         per_micro = t.batch_size // t.grad_accum
-        for micro in range(t.grad_accum):
-            indices = [i for u in units[micro * per_micro:(micro + 1) * per_micro] for i in train_split.units[u]]
-            start_row = sum(len(train_split.units[u]) for u in units[:micro * per_micro])
-            rows = list(range(start_row, start_row + len(indices)))
-            out, n = trainer.batch_loss(train_split, indices, whole, rows)
-            out.loss.backward()
-            loss_sum += float(out.loss.detach())
-            objective_sum += float(out.objective)
-            tokens += n
-            for key, value in out.metrics.items():
-                metrics[key] = metrics.get(key, 0.0) + float(value) / t.grad_accum
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm if t.max_grad_norm else float("inf"))
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        epochs = config.rollout.epochs if online else 1
+        loss_sum, objective_sum, tokens, metrics = 0.0, 0.0, 0, {}
+        for _ in range(epochs):
+            loss_sum, objective_sum, metrics = 0.0, 0.0, {}
+            for micro in range(t.grad_accum):
+                rows = experience.rows_of(list(range(micro * per_micro, (micro + 1) * per_micro)))
+                out, n = trainer.batch_loss(experience, rows, whole)
+                out.loss.backward()
+                loss_sum += float(out.loss.detach())
+                objective_sum += float(out.objective)
+                tokens += n
+                for key, value in out.metrics.items():
+                    metrics[key] = metrics.get(key, 0.0) + float(value) / t.grad_accum
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm if t.max_grad_norm else float("inf"))
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        if online:
+            source.sampler.update_weights(model)
         seconds = time.perf_counter() - started
         last = {"objective": objective_sum, "surrogate": loss_sum, "lr": lr, "grad_norm": float(grad_norm),
-                "tokens_per_s": tokens / seconds, **metrics}
+                "tokens_per_s": tokens / seconds, "step_seconds": seconds, **metrics, **experience.metrics}
         done = step + 1
-        if eval_split and t.eval_every and done % t.eval_every == 0 and done != t.steps:
-            last.update({f"eval/{k}": v for k, v in evaluate(trainer, eval_split).items()})
-        if done == t.steps and eval_split:
-            last.update({f"eval/{k}": v for k, v in evaluate(trainer, eval_split).items()})
+        if (t.eval_every and done % t.eval_every == 0) or done == t.steps:
+            last.update(held_out())
         if done % t.log_every == 0 or done == t.steps:
             metrics_log.write(done, last)
         bar.update(1)
-        bar.set_postfix(surrogate=f"{loss_sum:.4f}", objective=f"{objective_sum:.4f}", tok_s=f"{tokens / seconds:.0f}")
+        bar.set_postfix(_postfix(last))
         if t.save_every and done % t.save_every == 0 and done != t.steps:
             save_checkpoint(checkpoints, done, model, tokenizer, optimizer, to_dict(config), t.keep_checkpoints)
     bar.close()
@@ -378,7 +407,26 @@ def train(config: RunConfig, resume: bool = False, progress: bool = True) -> dic
     final = save_model(model, tokenizer, out_dir / "final")
     summary = {"steps": t.steps, "final_model": str(final), **last}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    try:
+        from unigrad.report import write_report
+        summary["report"] = str(write_report(out_dir))
+    except Exception as error:  # the report must never lose a trained model
+        log.warning("could not write the report: %s", error)
     return summary
+
+
+def _brief(metrics: dict) -> str:
+    keys = [k for k in metrics if k.split("/")[-1] in ("accuracy", "reward_mean", "objective", "reward_margin")]
+    return ", ".join(f"{k}={metrics[k]:.4g}" for k in keys)
+
+
+def _postfix(last: dict) -> dict:
+    shown = {"objective": f"{last['objective']:.4f}", "tok_s": f"{last['tokens_per_s']:.0f}"}
+    if "surrogate" in last:
+        shown["surrogate"] = f"{last['surrogate']:.4f}"
+    if "reward_mean" in last:
+        shown["reward"] = f"{last['reward_mean']:.3f}"
+    return shown
 
 
 def _progress(total: int, initial: int, enabled: bool):

@@ -94,3 +94,36 @@ def test_lora_trains_and_saves_a_plain_model(tmp_path):
     from transformers import AutoModelForCausalLM
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "final")
     assert not any("lora" in name for name, _ in model.named_parameters())
+
+
+def test_online_hpt_runs_with_rollouts_rewards_and_a_report(tmp_path):
+    result = unigrad("train", str(ROOT / "configs" / "tiny-hpt.yaml"), f"output_dir={tmp_path}", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert "eval/accuracy" in rows[0] and "eval/accuracy" in rows[-1]
+    last = rows[-1]
+    for key in ("reward_mean", "sft_fraction", "kl_ref", "completion_length", "reward/failed"):
+        assert key in last, key
+    assert (tmp_path / "report" / "index.html").exists()
+
+
+def test_failing_reward_function_leaves_the_run_going_and_is_counted(tmp_path):
+    reward = tmp_path / "flaky.py"
+    reward.write_text("def reward(prompt, completion, answer, **meta):\n"
+                      "    if len(completion) % 2:\n        raise RuntimeError('flaky reward')\n    return 1.0\n")
+    result = unigrad("train", str(ROOT / "configs" / "tiny-hpt.yaml"), f"output_dir={tmp_path / 'run'}",
+                     f"reward.function={reward}:reward", "train.steps=2", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    failed = [row["reward/failed"] for row in rows if "reward/failed" in row]
+    assert sum(failed) > 0
+    assert any("flaky reward" in row.get("reward_error_example", "") for row in rows)
+
+
+def test_distillation_through_the_loop(tmp_path):
+    result = unigrad("train", str(ROOT / "configs" / "tiny-kd.yaml"), f"output_dir={tmp_path}", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["eval/objective"] < rows[0]["eval/objective"]
+    missing = unigrad("train", str(ROOT / "configs" / "tiny-kd.yaml"), f"output_dir={tmp_path}", "teacher.name=null")
+    assert missing.returncode == 2 and "teacher.name" in missing.stderr

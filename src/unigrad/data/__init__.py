@@ -1,6 +1,8 @@
-"""Data layer: read records, validate them as ``sft`` or ``pairs``, tokenise them into Sequences."""
+"""Data layer: read records, validate them as ``sft``, ``pairs``, ``forget`` or ``scored``, tokenise them into Sequences."""
 from unigrad.data.errors import DataError
-from unigrad.data.formats import FORMATS, PairExample, SFTExample, parse, parse_pair, parse_sft
+from unigrad.data.formats import (
+    FORMATS, ForgetExample, PairExample, ScoredExample, SFTExample, parse, parse_forget, parse_pair, parse_scored, parse_sft,
+)
 from unigrad.data.sources import Record, read_records
 from unigrad.data.tokenization import (
     count_truncated,
@@ -15,5 +17,5 @@ from unigrad.data.tokenization import (
 __all__ = [
     "DataError", "FORMATS", "PairExample", "Record", "SFTExample", "count_truncated", "encode_completion",
     "encode_prompt", "fit", "load_dataset_sequences", "parse", "parse_pair", "parse_sft", "prompt_text",
-    "read_records", "tokenize",
+    "read_records", "tokenize", "ForgetExample", "ScoredExample", "parse_forget", "parse_scored",
 ]

@@ -5,11 +5,17 @@
 - ``pairs``: ``{"prompt", "chosen", "rejected"}``, each a string or a list of messages (chosen and
   rejected as messages are the answering assistant message(s)); or TRL's implicit-prompt style
   ``{"chosen": [...], "rejected": [...]}``, full conversations whose shared prefix is the prompt.
+- ``forget`` (unlearning): one file, every record an ``sft`` record plus ``"split": "forget"`` or
+  ``"split": "retain"``, e.g. ``{"prompt": ..., "completion": ..., "split": "forget"}``.
+- ``scored`` (offline RL, A-LoL): ``{"prompt", "response", "reward": number}`` (``"completion"`` may
+  stand for ``"response"``; ``"messages"`` as in ``sft`` also works), optional ``"value": number``
+  (a baseline V(x)). Numbers must be finite; booleans are not numbers.
 
 A prompt is always returned as a list of messages (a plain string becomes one user message).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +23,8 @@ from unigrad.data.errors import DataError, type_name
 from unigrad.data.sources import Record
 
 ROLES = ("system", "user", "assistant")
-FORMATS = ("sft", "pairs")
+FORMATS = ("sft", "pairs", "forget", "scored")
+SPLITS = ("forget", "retain")
 Messages = tuple[tuple[str, str], ...]  # ((role, content), ...)
 
 
@@ -36,12 +43,32 @@ class PairExample:
     record: Record
 
 
-def parse(records: list[Record], format: str) -> list[SFTExample] | list[PairExample]:
-    """Validate every record as ``format`` (``"sft"`` or ``"pairs"``); raises DataError."""
+@dataclass(frozen=True)
+class ForgetExample:
+    prompt: Messages
+    completion: str
+    forget: bool              # True: forget set (sign -1); False: retain set (sign +1)
+    record: Record
+
+
+@dataclass(frozen=True)
+class ScoredExample:
+    prompt: Messages
+    completion: str
+    fields: dict              # {"reward": float[, "value": float]}
+    record: Record
+
+
+def parse(records: list[Record], format: str) -> list:
+    """Validate every record as ``format`` (one of FORMATS); raises DataError."""
     if format == "sft":
         return [parse_sft(r) for r in records]
     if format == "pairs":
         return [parse_pair(r) for r in records]
+    if format == "forget":
+        return [parse_forget(r) for r in records]
+    if format == "scored":
+        return [parse_scored(r) for r in records]
     raise DataError(f"unknown data format {format!r}; expected one of {', '.join(FORMATS)}")
 
 
@@ -62,6 +89,45 @@ def parse_sft(record: Record) -> SFTExample:
     prompt = _string(record, obj, "prompt", allow_empty=True)
     completion = _string(record, obj, "completion")
     return SFTExample((("user", prompt),), completion, record)
+
+
+def parse_forget(record: Record) -> ForgetExample:
+    obj = _object(record)
+    if "split" not in obj:
+        _fail(record, 'missing field "split" (forget records need "prompt", "completion" and "split": "forget" or "retain")')
+    split = obj["split"]
+    if split not in SPLITS:
+        shown = f'"{split}"' if isinstance(split, str) else type_name(split)
+        _fail(record, f'field "split" must be "forget" or "retain", got {shown}')
+    example = parse_sft(record)
+    return ForgetExample(example.prompt, example.completion, split == "forget", record)
+
+
+def parse_scored(record: Record) -> ScoredExample:
+    obj = _object(record)
+    if "response" in obj and "completion" in obj:
+        _fail(record, 'give one of the fields "response" and "completion", not both')
+    if obj.get("messages") is None:
+        if "response" not in obj and "completion" not in obj:
+            _fail(record, 'missing field "response" (scored records need "prompt", "response" and a numeric "reward")')
+        if "response" in obj:
+            obj = dict(obj, completion=_string(record, obj, "response"))
+    example = parse_sft(Record(obj, record.source, record.line, record.row))
+    if "reward" not in obj:
+        _fail(record, 'missing field "reward" (scored records need "prompt", "response" and a numeric "reward")')
+    fields = {"reward": _number(record, obj, "reward")}
+    if obj.get("value") is not None:
+        fields["value"] = _number(record, obj, "value")
+    return ScoredExample(example.prompt, example.completion, fields, record)
+
+
+def _number(record: Record, obj: dict, name: str) -> float:
+    value = obj[name]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        _fail(record, f'field "{name}" must be a number, got {type_name(value)}')
+    if not math.isfinite(value):
+        _fail(record, f'field "{name}" must be a finite number, got {value}')
+    return float(value)
 
 
 def parse_pair(record: Record) -> PairExample:

@@ -11,7 +11,7 @@ import logging
 from typing import Any
 
 from unigrad.data.errors import DataError
-from unigrad.data.formats import Messages, PairExample, SFTExample, parse
+from unigrad.data.formats import ForgetExample, Messages, PairExample, ScoredExample, SFTExample, parse
 from unigrad.data.sources import Record, read_records
 from unigrad.tokens import Sequence
 
@@ -66,6 +66,8 @@ def tokenize(records: list[Record], tokenizer: Any, format: str, max_length: int
 
     ``sft``: one Sequence per record (group = record index, sign = +1).
     ``pairs``: two per record, chosen (sign +1) then rejected (sign -1), group = pair index.
+    ``forget``: one per record, sign -1 on the forget split and +1 on the retain split, group = record index.
+    ``scored``: one per record (sign +1, group = record index), ``meta["fields"] = {"reward": r[, "value": v]}``.
     ``meta`` holds the source (``source`` and ``line`` or ``row``) and ``truncated`` when cut.
     """
     if max_length < 2:
@@ -73,10 +75,15 @@ def tokenize(records: list[Record], tokenizer: Any, format: str, max_length: int
     out: list[Sequence] = []
     for group, example in enumerate(parse(records, format)):
         prompt = encode_prompt(tokenizer, example.prompt)
-        answers = [(example.completion, 1.0)] if isinstance(example, SFTExample) else [(example.chosen, 1.0), (example.rejected, -1.0)]
+        if isinstance(example, PairExample):
+            answers = [(example.chosen, 1.0), (example.rejected, -1.0)]
+        else:
+            answers = [(example.completion, -1.0 if isinstance(example, ForgetExample) and example.forget else 1.0)]
         for text, sign in answers:
             p, c, cut = fit(prompt, encode_completion(tokenizer, text), max_length, truncation, example.record.where)
             meta = dict(example.record.meta, truncated=True) if cut else example.record.meta
+            if isinstance(example, ScoredExample):
+                meta = dict(meta, fields=dict(example.fields))
             out.append(Sequence(tuple(p), tuple(c), group=group, sign=sign, meta=meta))
     n = count_truncated(out)
     if n:

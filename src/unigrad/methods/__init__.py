@@ -8,6 +8,7 @@ from unigrad.methods.preference import dpo, f_dpo, ipo, orpo, sft, simpo
 from unigrad.methods.offline import a_lol, a_lol_kl, a_lol_ref_free, a_lol_seq, asft, ddo
 from unigrad.methods.unlearning import flat, ga, grad_diff, ihl, npo, safe_align
 from unigrad.methods.rl import dapo, dr_grpo, grpo, gspo, hpt, reinforce, reinforce_pp, rloo
+from unigrad.methods.distill import bd_kd, kd_forward, kd_js, kd_reverse, pld, sinkd
 
 REGISTRY = {
     "sft": sft,
@@ -36,6 +37,12 @@ REGISTRY = {
     "reinforce": reinforce,
     "reinforce++": reinforce_pp,
     "hpt": hpt,
+    "kd-forward": kd_forward,
+    "kd-reverse": kd_reverse,
+    "kd-js": kd_js,
+    "bd-kd": bd_kd,
+    "sinkd": sinkd,
+    "pld": pld,
 }
 
 
