@@ -137,7 +137,8 @@ def main() -> int:
         torch.manual_seed(seed)
         with tempfile.TemporaryDirectory() as d:
             results[seed] = run_seed(seed, args, Path(d))
-        print(f"seed {seed} done ({time.time() - t0:.0f} s)", file=sys.stderr)
+        print(f"seed {seed} done ({time.time() - t0:.0f} s): " + ", ".join(
+            f"{k}={v['mean']:.4f}" for k, v in results[seed].items()), file=sys.stderr)
     labels = list(results[args.seeds[0]])
     print(f"\nheld-out per-token NLL (lower is better), {len(args.seeds)} seeds, {args.steps} SFT steps per task"
           f"{f', {args.pretrain_steps} pretraining steps' if args.pretrain_steps else ''}")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from importlib import resources
 
@@ -28,6 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("overrides", nargs="*", help="overrides such as train.steps=20 method.beta=0.2")
     train.add_argument("--resume", action="store_true", help="continue from the last checkpoint in output_dir")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument("--nproc", type=int, default=1, help="data-parallel processes on this machine (torchrun)")
     train.add_argument("--debug", action="store_true", help="show tracebacks")
     commands.add_parser("methods", help="list every method with its four parts")
     _add_eval_parser(commands)
@@ -41,6 +43,28 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _relaunch(args, argv: list[str]) -> int:
+    """``unigrad train --nproc P ...`` = ``torchrun --nproc_per_node P -m unigrad train ...``."""
+    import socket
+    import subprocess
+    with socket.socket() as probe:  # a free local port for the rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    rest, skip = [], False
+    for item in argv:
+        if skip:
+            skip = False
+            continue
+        if item == "--nproc":
+            skip = True
+            continue
+        if not item.startswith("--nproc="):
+            rest.append(item)
+    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={args.nproc}",
+               "--master_addr=127.0.0.1", f"--master_port={port}", "-m", "unigrad", *rest]
+    return subprocess.call(command, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
+
+
 def _train(args) -> int:
     from unigrad.train import train
     config_path, overrides = args.config, list(args.overrides)
@@ -52,6 +76,8 @@ def _train(args) -> int:
         print(f"unigrad: no config given, running the bundled quick start ({QUICK_START})", file=sys.stderr)
     config = load_config(config_path, overrides, text=text)
     summary = train(config, resume=args.resume, progress=not args.no_progress)
+    if os.environ.get("RANK", "0") != "0":
+        return 0
     shown = {k: v for k, v in summary.items() if k == "objective" or k.startswith("eval/")}
     print("done: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items()))
     print(f"model saved to {summary['final_model']}")
@@ -169,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()   # per-save "Writing model shards" bars drown the training bar
+    if args.command == "train" and args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        return _relaunch(args, list(sys.argv[1:] if argv is None else argv))
     handler = {"train": _train, "methods": _methods, "eval": _eval, "report": _report}.get(args.command) or args.handler
     try:
         return handler(args)

@@ -70,12 +70,16 @@ class RolloutConfig:
     epochs: int = 1                          # optimiser updates per rollout batch (PPO/GRPO's μ)
     sampler: Literal["hf", "vllm"] = "hf"
     max_batch_size: Union[int, None] = None  # rows decoded at once (memory)
+    dynamic_sampling: bool = False           # DAPO: replace prompts whose rollouts all got the same reward
+    max_sampling_rounds: int = 3             # rounds of replacement before training on what there is
 
 
 @dataclass(frozen=True)
 class RewardConfig:
     function: str = "numeric_match"          # a built-in name, module:function or file.py:function
     fallback: float = 0.0                    # the reward of a sample whose reward function fails
+    overlong_cache: Union[int, None] = None  # DAPO's soft overlong penalty over the last N tokens before
+                                             # rollout.max_new_tokens (null: off)
 
 
 @dataclass(frozen=True)

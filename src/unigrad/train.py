@@ -25,6 +25,7 @@ from unigrad.batch import Batch
 from unigrad.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from unigrad.config import ConfigError, RunConfig, to_dict
 from unigrad.data import count_truncated, load_dataset_sequences
+from unigrad.distributed import Processes, processes
 from unigrad.experience import (
     Experience, RolloutSource, Split, demonstration_rows, load_prompt_splits, resolve_data_path, step_units,
 )
@@ -40,7 +41,7 @@ PROVIDED = {
     "sft": frozenset({"group", "sign", "logp_ref"}),
     "pairs": frozenset({"group", "sign", "logp_ref"}),
     "prompts": frozenset({"group", "sign", "logp_ref", "reward", "logp_old", "is_demo"}),
-    "forget": frozenset({"group", "sign", "logp_ref"}),
+    "forget": frozenset({"group", "sign", "logp_ref", "logp_top_other"}),
     "scored": frozenset({"group", "sign", "logp_ref", "reward", "value"}),
 }
 
@@ -83,7 +84,7 @@ class Reference:
     memory), or computed per batch under inference mode from a frozen copy of the initial policy
     (with LoRA: the policy with its adapters switched off)."""
 
-    def __init__(self, config: RunConfig, policy, splits: list[Split], pad_id: int):
+    def __init__(self, config: RunConfig, policy, splits: list[Split], pad_id: int, writer: bool = True):
         self.config, self.pad_id = config, pad_id
         self.table: dict[tuple[str, int], torch.Tensor] | None = None
         self.model = None
@@ -94,9 +95,10 @@ class Reference:
                               for key, value in load_file(str(cache)).items()}
             else:
                 self.table = self._precompute(policy, splits)
-                tmp = cache.with_suffix(".tmp")
-                save_file({f"{split}/{index}": v for (split, index), v in self.table.items()}, str(tmp))
-                tmp.replace(cache)
+                if writer:
+                    tmp = cache.with_suffix(".tmp")
+                    save_file({f"{split}/{index}": v for (split, index), v in self.table.items()}, str(tmp))
+                    tmp.replace(cache)
         elif _is_peft(policy):
             self.model = policy
         else:
@@ -153,6 +155,10 @@ class Trainer:
             distilled = distill_fields(self.model, self.teacher, tb, k=t.k, chunk_size=self.config.train.chunk_size,
                                        temperature=t.temperature)
             logp = distilled["student_logp_target"]
+        elif "logp_top_other" in self.objective.requires:  # e.g. the inverted hinge: log max_{v≠y_t} p(v), with grad
+            from unigrad.engine_extras import token_logprobs_with_top_other
+            logp, top_other = token_logprobs_with_top_other(self.model, tb, self.config.train.chunk_size)
+            distilled = {"logp_top_other": top_other}
         else:
             logp = token_logprobs(self.model, tb, self.config.train.chunk_size)
         fields = experience.row_fields(rows, logp.shape[1])
@@ -288,6 +294,13 @@ def train(config: RunConfig, resume: bool = False, progress: bool = True) -> dic
     """Run ``config``; returns the final metrics. With ``resume`` it continues from the last
     checkpoint in ``output_dir`` and reaches the same result as an uninterrupted run."""
     t, online = config.train, config.data.format == "prompts"
+    procs = processes()
+    if procs.world > 1 and online:
+        raise ConfigError("multi-process training of online methods (data.format: prompts) is not implemented "
+                          "yet; run it in one process")
+    if t.batch_size % (procs.world * t.grad_accum):
+        raise ConfigError(f"train.batch_size ({t.batch_size}) must be a multiple of processes × train.grad_accum "
+                          f"({procs.world} × {t.grad_accum})")
     out_dir = Path(config.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if t.threads:
@@ -295,7 +308,7 @@ def train(config: RunConfig, resume: bool = False, progress: bool = True) -> dic
     objective = build_objective(config.method)
     check_requirements(objective, config)
     _seed_everything(t.seed)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(f"cuda:{procs.rank % torch.cuda.device_count()}" if torch.cuda.is_available() else "cpu")
     model, tokenizer = load_model(config.model.name, dtype=_dtype(config.model.dtype, device), device=device,
                                   trust_remote_code=config.model.trust_remote_code)
 
@@ -322,10 +335,11 @@ def train(config: RunConfig, resume: bool = False, progress: bool = True) -> dic
         raise ConfigError(f"train.batch_size={t.batch_size} is larger than the training set ({n_units} examples)")
     if config.model.lora:
         model = _apply_lora(model, config.model.lora)
+    procs.broadcast_parameters(model)
     reference = None
     if "logp_ref" in objective.requires or t.track_kl:
         splits = [] if online else [s for s in (train_split, eval_split) if s]
-        reference = Reference(config, model, splits, tokenizer.pad_token_id)
+        reference = Reference(config, model, splits, tokenizer.pad_token_id, writer=procs.main)
     teacher = None
     if config.teacher.name:
         teacher, _ = load_model(config.teacher.name, dtype=_dtype(config.model.dtype, device), device=device,
@@ -335,7 +349,7 @@ def train(config: RunConfig, resume: bool = False, progress: bool = True) -> dic
     if online:
         demos = demonstration_rows(train_prompts, tokenizer, config.data.max_length) if "is_demo" in objective.requires else None
         source = RolloutSource(train_prompts, _sampler(config, model, tokenizer), reward_fn, config.rollout,
-                               config.reward.fallback, demos, t.seed)
+                               config.reward.fallback, demos, t.seed, config.reward.overlong_cache)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, t)
 
@@ -346,8 +360,9 @@ def train(config: RunConfig, resume: bool = False, progress: bool = True) -> dic
         log.info("resumed from %s", list_checkpoints(checkpoints)[-1])
     elif resume:
         log.info("no checkpoint in %s: starting from step 0", checkpoints)
-    (out_dir / "config.json").write_text(json.dumps(to_dict(config), indent=1, default=str))
-    metrics_log = MetricsLog(out_dir, start, t.tensorboard)
+    if procs.main:
+        (out_dir / "config.json").write_text(json.dumps(to_dict(config), indent=1, default=str))
+    metrics_log = MetricsLog(out_dir, start, t.tensorboard) if procs.main else None
 
     def held_out() -> dict:
         if online:
@@ -356,28 +371,35 @@ def train(config: RunConfig, resume: bool = False, progress: bool = True) -> dic
 
     if start == 0:
         before = held_out()
-        if before:
+        if before and procs.main:
             metrics_log.write(0, before)
             log.info("held-out before training: %s", _brief(before))
 
     model.train()
-    bar = _progress(t.steps, start, progress)
+    bar = _progress(t.steps, start, progress and procs.main)
     last = {}
     for step in range(start, t.steps):
         started = time.perf_counter()
         units = step_units(n_units, t.batch_size, step, t.seed)
-        experience = source.experience(units, step, tokenizer) if online else train_split.experience(list(units))
+        if online:
+            spare = step_units(n_units, t.batch_size, step, t.seed + 1) if config.rollout.dynamic_sampling else []
+            experience = source.experience(units, step, tokenizer, [u for u in spare if u not in units])
+        else:
+            experience = train_split.experience(list(units))
         whole = experience.step_batch(device)
         lr = learning_rate(step, t)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        per_micro = t.batch_size // t.grad_accum
+        per_process = t.batch_size // procs.world      # this process's units: a contiguous share of the step
+        per_micro = per_process // t.grad_accum
+        first = procs.rank * per_process
         epochs = config.rollout.epochs if online else 1
         loss_sum, objective_sum, tokens, metrics = 0.0, 0.0, 0, {}
         for _ in range(epochs):
             loss_sum, objective_sum, metrics = 0.0, 0.0, {}
             for micro in range(t.grad_accum):
-                rows = experience.rows_of(list(range(micro * per_micro, (micro + 1) * per_micro)))
+                start_unit = first + micro * per_micro
+                rows = experience.rows_of(list(range(start_unit, start_unit + per_micro)))
                 out, n = trainer.batch_loss(experience, rows, whole)
                 out.loss.backward()
                 loss_sum += float(out.loss.detach())
@@ -385,33 +407,41 @@ def train(config: RunConfig, resume: bool = False, progress: bool = True) -> dic
                 tokens += n
                 for key, value in out.metrics.items():
                     metrics[key] = metrics.get(key, 0.0) + float(value) / t.grad_accum
+            procs.sum_gradients(params)
             grad_norm = torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm if t.max_grad_norm else float("inf"))
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         if online:
             source.sampler.update_weights(model)
+        if procs.world > 1:
+            loss_sum, objective_sum, tokens = procs.sum(loss_sum), procs.sum(objective_sum), procs.sum(tokens)
+            metrics = {key: procs.sum(value) / procs.world for key, value in sorted(metrics.items())}
         seconds = time.perf_counter() - started
         last = {"objective": objective_sum, "surrogate": loss_sum, "lr": lr, "grad_norm": float(grad_norm),
                 "tokens_per_s": tokens / seconds, "step_seconds": seconds, **metrics, **experience.metrics}
         done = step + 1
         if (t.eval_every and done % t.eval_every == 0) or done == t.steps:
             last.update(held_out())
-        if done % t.log_every == 0 or done == t.steps:
+        if procs.main and (done % t.log_every == 0 or done == t.steps):
             metrics_log.write(done, last)
         bar.update(1)
         bar.set_postfix(_postfix(last))
-        if t.save_every and done % t.save_every == 0 and done != t.steps:
+        if t.save_every and done % t.save_every == 0 and done != t.steps and procs.main:
             save_checkpoint(checkpoints, done, model, tokenizer, optimizer, to_dict(config), t.keep_checkpoints)
     bar.close()
+    summary = {"steps": t.steps, "final_model": str(out_dir / "final"), **last}
+    if not procs.main:
+        procs.barrier()
+        return summary
     metrics_log.close()
-    final = save_model(model, tokenizer, out_dir / "final")
-    summary = {"steps": t.steps, "final_model": str(final), **last}
+    save_model(model, tokenizer, out_dir / "final")
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     try:
         from unigrad.report import write_report
         summary["report"] = str(write_report(out_dir))
     except Exception as error:  # the report must never lose a trained model
         log.warning("could not write the report: %s", error)
+    procs.barrier()
     return summary
 
 

@@ -1,0 +1,200 @@
+"""GA vs NPO on a memorised toy forget/retain set, through the main training loop (CPU, a few minutes).
+
+    python benchmarks/unlearning_toy.py [--lr 1e-4] [--steps 60] [--beta 0.1] [--sft-steps 400]
+
+1. Data: synthetic "facts" about made-up people, written in the ``forget`` format,
+   ``--n-forget`` (20) forget rows and ``--n-retain`` (40) retain rows, same template:
+       prompt "Where does Zorbek live?"  ->  completion "Zorbek lives in Quelmar."
+2. A tiny byte-level Llama (``tiny_random_model(hidden, layers)``) is fine-tuned with ``sft`` on all
+   rows (``data.format: forget``, full batch, AdamW, constant lr ``--sft-lr``) through
+   ``unigrad.train.train`` until it has memorised both sets.
+3. From that checkpoint GA (``ga``) and NPO (``npo``, β = ``--beta``; the NPO paper's value on TOFU
+   is 0.1) run through ``unigrad.train.train`` with the SAME lr, steps, batch (every row each step;
+   both objectives use only the forget rows) and clipping; a checkpoint every step.
+4. Each checkpoint is scored: forget-set and retain-set NLL (per-token mean over completion tokens).
+   At common forget-NLL levels each trajectory is linearly interpolated (first crossing) and the
+   retain NLLs compared: the NPO paper's claim is that NPO keeps retain NLL lower than GA does at the
+   same amount of forgetting (GA collapses the model).
+
+Writes benchmarks/results/unlearning_toy.{json,png}.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "src"))
+
+from safetensors.torch import load_file  # noqa: E402
+
+from unigrad.config import load_config  # noqa: E402
+from unigrad.data import load_dataset_sequences  # noqa: E402
+from unigrad.models import load_model, save_model, tiny_random_model, tiny_tokenizer  # noqa: E402
+from unigrad.policy import collate, token_logprobs  # noqa: E402
+from unigrad.train import train  # noqa: E402
+
+SYLLABLES = ["zor", "bek", "quel", "mar", "tis", "van", "dru", "pel", "kos", "rin", "fal", "nox", "ber", "lim",
+             "gat", "sur", "hol", "mev", "dax", "yun"]
+
+
+def _word(rng: random.Random) -> str:
+    return "".join(rng.choice(SYLLABLES) for _ in range(2)).capitalize()
+
+
+def make_data(path: Path, n_forget: int, n_retain: int, seed: int = 0) -> None:
+    rng = random.Random(seed)
+    names: list[str] = []
+    while len(names) < n_forget + n_retain:
+        w = _word(rng)
+        if w not in names:
+            names.append(w)
+    rows = []
+    for i, name in enumerate(names):
+        rows.append({"prompt": f"Where does {name} live?", "completion": f"{name} lives in {_word(rng)}.",
+                     "split": "forget" if i < n_forget else "retain"})
+    rng.shuffle(rows)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def config_text(model: str, data: Path, method: str, steps: int, lr: float, batch: int, out: Path,
+                save_every: int) -> str:
+    return (f"model: {json.dumps(model)}\nmethod: {method}\n"
+            f"data: {{train: {json.dumps(str(data))}, format: forget, max_length: 128}}\n"
+            f"train: {{steps: {steps}, batch_size: {batch}, lr: {lr!r}, schedule: constant, threads: 1, "
+            f"tensorboard: false, save_every: {save_every}, keep_checkpoints: 100000, seed: 0}}\n"
+            f"output_dir: {json.dumps(str(out))}\n")
+
+
+def run(text: str) -> dict:
+    return train(load_config(None, text=text), progress=False)
+
+
+@torch.no_grad()
+def nll(model, sequences) -> tuple[float, float]:
+    """(forget, retain) per-token mean NLL over completion tokens."""
+    tb = collate(sequences, pad_id=258)
+    logp = token_logprobs(model, tb)
+    mask = tb.completion_mask
+    out = []
+    for side in (-1.0, 1.0):
+        m = mask * (tb.sign == side).float()[:, None]
+        out.append(float(-(logp * m).sum() / m.sum()))
+    return out[0], out[1]
+
+
+def trajectory(run_dir: Path, start_dir: Path, sequences) -> list[tuple[float, float]]:
+    model, _ = load_model(str(start_dir))
+    points = [nll(model, sequences)]
+    ckpts = sorted((run_dir / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[-1]))
+    for ckpt in ckpts:
+        model.load_state_dict(load_file(str(ckpt / "trainable.safetensors")), strict=False)
+        points.append(nll(model, sequences))
+    final, _ = load_model(str(run_dir / "final"))
+    points.append(nll(final, sequences))
+    return points
+
+
+def retain_at(points, level: float) -> float | None:
+    """Retain NLL where the forget NLL first reaches ``level`` (linear interpolation between steps)."""
+    for (f0, r0), (f1, r1) in zip(points, points[1:]):
+        if f0 < level <= f1:
+            return r0 + (r1 - r0) * (level - f0) / (f1 - f0)
+    return None
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n-forget", type=int, default=20)
+    ap.add_argument("--n-retain", type=int, default=40)
+    ap.add_argument("--hidden", type=int, default=128)
+    ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--sft-steps", type=int, default=400)
+    ap.add_argument("--sft-lr", type=float, default=1e-3)
+    ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--beta", type=float, default=0.1)
+    ap.add_argument("--workdir", default=None)
+    ap.add_argument("--out", default=str(HERE / "results" / "unlearning_toy"))
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="unlearning_toy_"))
+    work.mkdir(parents=True, exist_ok=True)
+    data = work / "facts.jsonl"
+    make_data(data, args.n_forget, args.n_retain)
+    n = args.n_forget + args.n_retain
+    tokenizer = tiny_tokenizer()
+    sequences = load_dataset_sequences(str(data), "forget", tokenizer, 128)
+
+    t0 = time.perf_counter()
+    base = work / "base"
+    if not (base / "config.json").exists():
+        save_model(tiny_random_model(seed=0, hidden=args.hidden, layers=args.layers, tokenizer=tokenizer), tokenizer, base)
+    sft_dir = work / "sft"
+    if not (sft_dir / "final" / "config.json").exists():
+        run(config_text(str(base), data, "{name: sft}", args.sft_steps, args.sft_lr, n, sft_dir, 0))
+    start = sft_dir / "final"
+    sft_model, _ = load_model(str(start))
+    f_sft, r_sft = nll(sft_model, sequences)
+    print(f"after SFT ({args.sft_steps} steps, {time.perf_counter() - t0:.0f}s): forget NLL {f_sft:.4f}, "
+          f"retain NLL {r_sft:.4f}", flush=True)
+
+    methods = {"GA": "{name: ga}", f"NPO(beta={args.beta:g})": f"{{name: npo, beta: {args.beta!r}}}"}
+    trajectories = {}
+    for label, method in methods.items():
+        out = work / label.split("(")[0].lower()
+        run(config_text(str(start), data, method, args.steps, args.lr, n, out, 1))
+        trajectories[label] = trajectory(out, start, sequences)
+        f, r = trajectories[label][-1]
+        print(f"{label}: after {args.steps} steps forget NLL {f:.3f}, retain NLL {r:.3f}", flush=True)
+
+    top = min(max(f for f, _ in pts) for pts in trajectories.values())
+    levels = [f_sft + (top - f_sft) * q for q in (0.1, 0.25, 0.5, 0.75, 0.95)]
+    table = []
+    print(f"\n{'forget NLL':>10} | " + " | ".join(f"{k:>20}" for k in trajectories) + " |  retain NLL at that forget NLL")
+    for level in levels:
+        row = {"forget_nll": level, **{k: retain_at(v, level) for k, v in trajectories.items()}}
+        table.append(row)
+        print(f"{level:10.3f} | " + " | ".join(f"{row[k]:20.3f}" if row[k] is not None else f"{'-':>20}"
+                                               for k in trajectories) + " |")
+
+    result = {"args": vars(args), "sft": {"forget_nll": f_sft, "retain_nll": r_sft},
+              "trajectories": {k: [{"step": i, "forget_nll": f, "retain_nll": r} for i, (f, r) in enumerate(v)]
+                               for k, v in trajectories.items()},
+              "at_equal_forget_nll": table, "seconds": time.perf_counter() - t0}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(result, indent=1))
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+        for label, pts in trajectories.items():
+            steps = range(len(pts))
+            axes[0].plot(steps, [f for f, _ in pts], label=f"{label} forget")
+            axes[0].plot(steps, [r for _, r in pts], "--", label=f"{label} retain")
+            axes[1].plot([f for f, _ in pts], [r for _, r in pts], marker=".", label=label)
+        axes[0].set(xlabel="unlearning step", ylabel="per-token NLL", title=f"lr {args.lr:g}, {args.steps} steps")
+        axes[1].set(xlabel="forget NLL (higher = more forgotten)", ylabel="retain NLL (lower = better kept)",
+                    title="retain vs forget NLL along each run")
+        for ax in axes:
+            ax.legend()
+            ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(out.with_suffix(".png"), dpi=110)
+        print(f"\nwrote {out.with_suffix('.png')}")
+    except ImportError:
+        print("matplotlib not installed: no plot")
+    print(f"wrote {out.with_suffix('.json')} ({result['seconds']:.0f}s)")
+
+
+if __name__ == "__main__":
+    main()
