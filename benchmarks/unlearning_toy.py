@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -68,7 +69,7 @@ def config_text(model: str, data: Path, method: str, steps: int, lr: float, batc
                 save_every: int) -> str:
     return (f"model: {json.dumps(model)}\nmethod: {method}\n"
             f"data: {{train: {json.dumps(str(data))}, format: forget, max_length: 128}}\n"
-            f"train: {{steps: {steps}, batch_size: {batch}, lr: {lr!r}, schedule: constant, threads: 1, "
+            f"train: {{steps: {steps}, batch_size: {batch}, lr: {lr:.6e}, schedule: constant, threads: 1, "
             f"tensorboard: false, save_every: {save_every}, keep_checkpoints: 100000, seed: 0}}\n"
             f"output_dir: {json.dumps(str(out))}\n")
 
@@ -146,10 +147,11 @@ def main() -> None:
     print(f"after SFT ({args.sft_steps} steps, {time.perf_counter() - t0:.0f}s): forget NLL {f_sft:.4f}, "
           f"retain NLL {r_sft:.4f}", flush=True)
 
-    methods = {"GA": "{name: ga}", f"NPO(beta={args.beta:g})": f"{{name: npo, beta: {args.beta!r}}}"}
+    methods = {"GA": "{name: ga}", f"NPO(beta={args.beta:g})": f"{{name: npo, beta: {args.beta:.6e}}}"}
     trajectories = {}
     for label, method in methods.items():
         out = work / label.split("(")[0].lower()
+        shutil.rmtree(out, ignore_errors=True)   # never mix checkpoints of an earlier run
         run(config_text(str(start), data, method, args.steps, args.lr, n, out, 1))
         trajectories[label] = trajectory(out, start, sequences)
         f, r = trajectories[label][-1]

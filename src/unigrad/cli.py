@@ -78,9 +78,16 @@ def _train(args) -> int:
     summary = train(config, resume=args.resume, progress=not args.no_progress)
     if os.environ.get("RANK", "0") != "0":
         return 0
-    shown = {k: v for k, v in summary.items() if k == "objective" or k.startswith("eval/")}
-    print("done: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items()))
+    for key in ("eval/accuracy", "eval/reward_margin", "eval/objective"):
+        if key in summary and f"before/{key}" in summary:
+            print(f"held-out {key.split('/')[1]}: {summary[f'before/{key}']:.4g} before -> {summary[key]:.4g} after")
+            break
+    shown = {k: v for k, v in summary.items() if k == "objective" or k in ("eval/accuracy", "eval/reward_mean",
+                                                                             "eval/reward_margin", "eval/objective")}
+    print("done: " + ", ".join(f"{k}={v:.4g}" for k, v in shown.items() if isinstance(v, float)))
     print(f"model saved to {summary['final_model']}")
+    if "report" in summary:
+        print(f"report: {summary['report']}")
     return 0
 
 

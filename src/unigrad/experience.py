@@ -181,7 +181,7 @@ class RolloutSource:
             old[row, :values.numel()] = values
         rollout_reward = torch.tensor(reward[:rollout_rows])
         lengths = torch.tensor([float(len(s.completion_ids)) for s in sequences[:rollout_rows]])
-        metrics = {"reward_mean": float(rollout_reward.mean()), "accuracy": float((rollout_reward > 0.5).float().mean()),
+        metrics = {"reward_mean": float(rollout_reward.mean()), "rollout_accuracy": float((rollout_reward > 0.5).float().mean()),
                    "completion_length": float(lengths.mean()),
                    "truncated_fraction": 1.0 - sum(finished) / max(len(finished), 1), **report.metrics()}
         if self.rollout.dynamic_sampling:

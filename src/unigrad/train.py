@@ -290,6 +290,37 @@ def _sampler(config: RunConfig, model, tokenizer):
     return HFSampler(model, tokenizer, max_batch_size=config.rollout.max_batch_size)
 
 
+def optimise(trainer: Trainer, experience: Experience, whole: Batch, optimizer, params: list, procs: Processes,
+             epochs: int) -> tuple[float, float, int, dict, float]:
+    """``epochs`` optimiser updates on one step's experience; this process trains its contiguous share
+    of the step's units in ``grad_accum`` micro-batches, and gradients are summed over processes.
+    Returns the last epoch's surrogate and objective sums, tokens seen, mean metrics, gradient norm."""
+    t = trainer.config.train
+    per_process = t.batch_size // procs.world
+    per_micro = per_process // t.grad_accum
+    first = procs.rank * per_process
+    tokens = 0
+    for _ in range(epochs):
+        loss_sum, objective_sum, metrics = 0.0, 0.0, {}
+        for micro in range(t.grad_accum):
+            start_unit = first + micro * per_micro
+            out, n = trainer.batch_loss(experience, experience.rows_of(list(range(start_unit, start_unit + per_micro))), whole)
+            out.loss.backward()
+            loss_sum += float(out.loss.detach())
+            objective_sum += float(out.objective)
+            tokens += n
+            for key, value in out.metrics.items():
+                metrics[key] = metrics.get(key, 0.0) + float(value) / t.grad_accum
+        procs.sum_gradients(params)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm if t.max_grad_norm else float("inf"))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    if procs.world > 1:
+        loss_sum, objective_sum, tokens = procs.sum(loss_sum), procs.sum(objective_sum), int(procs.sum(tokens))
+        metrics = {key: procs.sum(value) / procs.world for key, value in sorted(metrics.items())}
+    return loss_sum, objective_sum, tokens, metrics, float(grad_norm)
+
+
 def train(config: RunConfig, resume: bool = False, progress: bool = True) -> dict:
     """Run ``config``; returns the final metrics. With ``resume`` it continues from the last
     checkpoint in ``output_dir`` and reaches the same result as an uninterrupted run."""
@@ -369,6 +400,7 @@ def train(config: RunConfig, resume: bool = False, progress: bool = True) -> dic
             return {f"eval/{k}": v for k, v in evaluate_prompts_split(trainer, eval_prompts, reward_fn).items()} if eval_prompts else {}
         return {f"eval/{k}": v for k, v in evaluate(trainer, eval_split).items()} if eval_split else {}
 
+    before = {}
     if start == 0:
         before = held_out()
         if before and procs.main:
@@ -390,34 +422,13 @@ def train(config: RunConfig, resume: bool = False, progress: bool = True) -> dic
         lr = learning_rate(step, t)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        per_process = t.batch_size // procs.world      # this process's units: a contiguous share of the step
-        per_micro = per_process // t.grad_accum
-        first = procs.rank * per_process
         epochs = config.rollout.epochs if online else 1
-        loss_sum, objective_sum, tokens, metrics = 0.0, 0.0, 0, {}
-        for _ in range(epochs):
-            loss_sum, objective_sum, metrics = 0.0, 0.0, {}
-            for micro in range(t.grad_accum):
-                start_unit = first + micro * per_micro
-                rows = experience.rows_of(list(range(start_unit, start_unit + per_micro)))
-                out, n = trainer.batch_loss(experience, rows, whole)
-                out.loss.backward()
-                loss_sum += float(out.loss.detach())
-                objective_sum += float(out.objective)
-                tokens += n
-                for key, value in out.metrics.items():
-                    metrics[key] = metrics.get(key, 0.0) + float(value) / t.grad_accum
-            procs.sum_gradients(params)
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm if t.max_grad_norm else float("inf"))
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+        loss_sum, objective_sum, tokens, metrics, grad_norm = optimise(trainer, experience, whole, optimizer, params,
+                                                                      procs, epochs)
         if online:
             source.sampler.update_weights(model)
-        if procs.world > 1:
-            loss_sum, objective_sum, tokens = procs.sum(loss_sum), procs.sum(objective_sum), procs.sum(tokens)
-            metrics = {key: procs.sum(value) / procs.world for key, value in sorted(metrics.items())}
         seconds = time.perf_counter() - started
-        last = {"objective": objective_sum, "surrogate": loss_sum, "lr": lr, "grad_norm": float(grad_norm),
+        last = {"objective": objective_sum, "surrogate": loss_sum, "lr": lr, "grad_norm": grad_norm,
                 "tokens_per_s": tokens / seconds, "step_seconds": seconds, **metrics, **experience.metrics}
         done = step + 1
         if (t.eval_every and done % t.eval_every == 0) or done == t.steps:
@@ -429,7 +440,8 @@ def train(config: RunConfig, resume: bool = False, progress: bool = True) -> dic
         if t.save_every and done % t.save_every == 0 and done != t.steps and procs.main:
             save_checkpoint(checkpoints, done, model, tokenizer, optimizer, to_dict(config), t.keep_checkpoints)
     bar.close()
-    summary = {"steps": t.steps, "final_model": str(out_dir / "final"), **last}
+    summary = {"steps": t.steps, "final_model": str(out_dir / "final"), **last,
+               **{f"before/{key}": value for key, value in before.items()}}
     if not procs.main:
         procs.barrier()
         return summary
