@@ -17,11 +17,9 @@ greedy completion and reward, and the samples with their rewards.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from typing import Any, Callable, Iterable, Sequence
 
-import torch
 
 from unigrad.data.prompts import PromptExample, encode_prompts, parse_prompts
 from unigrad.data.sources import Record

@@ -23,7 +23,6 @@ from __future__ import annotations
 from typing import Sequence as _Seq
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 

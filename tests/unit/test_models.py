@@ -1,6 +1,5 @@
 """models.py: tiny random model, tokenizer, save/load round trip, the embedded SmolLM2 model."""
 import importlib.util
-import json
 import os
 
 import pytest

@@ -11,7 +11,7 @@ import logging
 from typing import Any
 
 from unigrad.data.errors import DataError
-from unigrad.data.formats import ForgetExample, Messages, PairExample, ScoredExample, SFTExample, parse
+from unigrad.data.formats import ForgetExample, Messages, PairExample, ScoredExample, parse
 from unigrad.data.sources import Record, read_records
 from unigrad.tokens import Sequence
 
