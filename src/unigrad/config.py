@@ -27,6 +27,7 @@ class LoraConfig:
     alpha: float = 32.0
     dropout: float = 0.0
     target_modules: Union[str, list] = "all-linear"
+    init: Literal["default", "fila"] = "default"   # fila: Fisher-weighted init for unlearning (forget data)
 
 
 @dataclass(frozen=True)

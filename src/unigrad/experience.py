@@ -83,6 +83,17 @@ class Split:
         return Experience(sequences, grouped, fields, [(self.name, i) for i in rows])
 
 
+def with_policy_completions(experience: Experience, sampler, rollout, seed: int) -> Experience:
+    """The same prompts answered by the current policy (one sample each) instead of the dataset:
+    on-policy distillation (GKD's λ). Reference log-probs precomputed for the dataset no longer apply."""
+    prompts = [list(s.prompt_ids) for s in experience.sequences]
+    rollouts = sampler.sample(prompts, 1, rollout.max_new_tokens, temperature=rollout.temperature,
+                              top_p=rollout.top_p, top_k=rollout.top_k, seed=seed)
+    sequences = [Sequence(old.prompt_ids, new.completion_ids, group=old.group, sign=old.sign, meta=new.meta)
+                 for old, new in zip(experience.sequences, rollouts.sequences())]
+    return Experience(sequences, experience.units, experience.fields, None, {**experience.metrics, "on_policy": 1.0})
+
+
 def _meta_fields(sequences: list[Sequence]) -> dict[str, Tensor]:
     """Per-row numbers a data format put in ``Sequence.meta["fields"]`` (e.g. ``scored``'s reward)."""
     names = set().union(*(s.meta.get("fields", {}).keys() for s in sequences))

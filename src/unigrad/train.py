@@ -28,6 +28,7 @@ from unigrad.data import count_truncated, load_dataset_sequences
 from unigrad.distributed import Processes, processes
 from unigrad.experience import (
     Experience, RolloutSource, Split, demonstration_rows, load_prompt_splits, resolve_data_path, step_units,
+    with_policy_completions,
 )
 from unigrad.methods.compose import build_objective
 from unigrad.models import load_model, save_model
@@ -235,7 +236,7 @@ class MetricsLog:
     def __init__(self, folder: Path, start_step: int, tensorboard: bool):
         self.path = folder / "metrics.jsonl"
         kept = []
-        if self.path.exists():
+        if self.path.exists() and start_step > 0:   # a resumed run keeps what was logged up to its checkpoint
             kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= start_step]
         self.path.write_text("".join(line + "\n" for line in kept))
         self.writer = None
@@ -366,6 +367,13 @@ def train(config: RunConfig, resume: bool = False, progress: bool = True) -> dic
         raise ConfigError(f"train.batch_size={t.batch_size} is larger than the training set ({n_units} examples)")
     if config.model.lora:
         model = _apply_lora(model, config.model.lora)
+        if config.model.lora.init == "fila":
+            if config.data.format != "forget":
+                raise ConfigError("model.lora.init: fila weighs forget against retain data; set data.format: forget")
+            from unigrad.fila import fila_init
+            fila_init(model, [s for s in train_split.sequences if s.sign < 0],
+                      [s for s in train_split.sequences if s.sign > 0], tokenizer.pad_token_id,
+                      chunk_size=t.chunk_size)
     procs.broadcast_parameters(model)
     reference = None
     if "logp_ref" in objective.requires or t.track_kl:
@@ -381,6 +389,10 @@ def train(config: RunConfig, resume: bool = False, progress: bool = True) -> dic
         demos = demonstration_rows(train_prompts, tokenizer, config.data.max_length) if "is_demo" in objective.requires else None
         source = RolloutSource(train_prompts, _sampler(config, model, tokenizer), reward_fn, config.rollout,
                                config.reward.fallback, demos, t.seed, config.reward.overlong_cache)
+    on_policy = float(getattr(objective, "on_policy_fraction", 0.0)) if not online else 0.0
+    if on_policy and reference is not None and reference.table is not None:
+        raise ConfigError("method: on-policy samples need reference log-probs per batch; set reference.precompute: false")
+    policy_sampler = _sampler(config, model, tokenizer) if on_policy else None
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, t)
 
@@ -418,6 +430,9 @@ def train(config: RunConfig, resume: bool = False, progress: bool = True) -> dic
             experience = source.experience(units, step, tokenizer, [u for u in spare if u not in units])
         else:
             experience = train_split.experience(list(units))
+            draw = torch.Generator().manual_seed(t.seed * 1_000_003 + step)
+            if on_policy and float(torch.rand(1, generator=draw)) < on_policy:
+                experience = with_policy_completions(experience, policy_sampler, config.rollout, t.seed * 1_000_003 + step)
         whole = experience.step_batch(device)
         lr = learning_rate(step, t)
         for group in optimizer.param_groups:

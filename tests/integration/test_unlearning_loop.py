@@ -49,3 +49,11 @@ def test_ihl_is_refused_where_the_format_cannot_give_the_competing_token(tmp_pat
     config = load_config(str(ROOT / "configs" / "tiny-dpo.yaml"), ["method={name: ihl}"])
     with pytest.raises(ConfigError, match="logp_top_other"):
         check_requirements(build_objective(config.method), config)
+
+
+def test_npo_with_fila_initialised_lora_through_the_loop(tmp_path):
+    config = load_config(str(ROOT / "configs" / "tiny-npo.yaml"),
+                         [f"output_dir={tmp_path}", "model.lora.r=4", "model.lora.init=fila", "train.steps=2",
+                          "train.save_every=0"])
+    summary = train(config, progress=False)
+    assert (tmp_path / "final" / "config.json").exists() and summary["steps"] == 2

@@ -138,3 +138,13 @@ def test_sequence_level_ratio_is_length_normalised():
     r = torch.exp(torch.tensor(0.05, dtype=torch.float64))
     expected = -(r * mask / mask.sum(1, keepdim=True)) / 2
     torch.testing.assert_close(g, expected)
+
+
+def test_grpo_written_from_parts_equals_the_registered_grpo():
+    spec = {"parts": {"mask": {"name": "ppo_clip", "eps_low": 0.2, "eps_high": 0.2}, "denominator": "behaviour",
+                      "advantage": "group_normalised",
+                      "likelihood": {"unit": "token", "normaliser": {"name": "sequence_mean"}}}}
+    assert build_objective(spec) == ug.method("grpo")
+    rloo = {"parts": {"advantage": "leave_one_out",
+                      "likelihood": {"unit": "sequence", "normaliser": {"name": "sequence_sum"}}}}
+    assert build_objective(rloo) == ug.method("rloo")

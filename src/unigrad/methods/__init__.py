@@ -80,6 +80,10 @@ def describe(objective, indent: str = "  ") -> str:
     if hasattr(objective, "terms"):
         return "\n".join(f"{indent}{term.weight:g} × {term.name}:\n{describe(term.objective, indent + '    ')}"
                          for term in objective.terms)
+    if hasattr(objective, "below") and hasattr(objective, "above"):   # a gate: one objective per route
+        return (f"{indent}per prompt, success rate ≤ {objective.gamma:g} → below, else above\n"
+                f"{indent}below:\n{describe(objective.below, indent + '    ')}\n"
+                f"{indent}above:\n{describe(objective.above, indent + '    ')}")
     if not hasattr(objective, "advantage"):
         return f"{indent}{objective!r}"
     return "\n".join(f"{indent}{part:<12} {getattr(objective, part)!r}"

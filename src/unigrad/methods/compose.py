@@ -21,14 +21,18 @@ from unigrad.divergences import DIVERGENCES, divergence
 from unigrad.objectives import KLPenalty, Sum, Term
 
 PARTS = {
-    "mask": {"none": E.NoMask, "ppo_clip": E.PPOClip},
+    "mask": {"none": E.NoMask, "ppo_clip": E.PPOClip, "clamped_ratio": E.ClampedRatio},
     "denominator": {"current": E.CurrentPolicy, "behaviour": E.BehaviourPolicy, "reference": E.ReferencePolicy, "one": E.One},
-    "advantage": {"constant": E.Constant, "chosen": E.Chosen, "pairwise": E.PairwisePreference},
+    "advantage": {"constant": E.Constant, "chosen": E.Chosen, "pairwise": E.PairwisePreference,
+                  "group_normalised": E.GroupNormalised, "group_centred": E.GroupCentred,
+                  "leave_one_out": E.LeaveOneOut, "reinforce": E.Reinforce, "global_normalised": E.GlobalNormalised,
+                  "rows_constant": E.RowsConstant, "leftover": E.LeftoverAdvantage},
     "score": {"implied_reward": E.ImpliedReward, "f_divergence_reward": E.FDivergenceReward,
               "length_normalised_reward": E.LengthNormalisedReward, "log_odds": E.LogOdds},
     "link": {"logistic": E.Logistic, "squared": E.Squared},
     "normaliser": {"token_mean": E.TokenMean, "sequence_mean": E.SequenceMean, "sequence_sum": E.SequenceSum,
-                   "constant": E.ConstantNormaliser},
+                   "constant": E.ConstantNormaliser, "rows_token_mean": E.RowsTokenMean,
+                   "rows_sequence_sum": E.RowsSequenceSum},
 }
 _NESTED = {"score": "score", "link": "link", "normaliser": "normaliser"}
 

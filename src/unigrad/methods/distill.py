@@ -112,6 +112,11 @@ class TokenDivergence:
     support: str = "bucket"
     name: str = "kd-js"
 
+    @property
+    def on_policy_fraction(self) -> float:
+        """GKD's λ: the training loop draws this fraction of steps' completions from the student."""
+        return self.lam
+
     def __post_init__(self):
         if not 0.0 <= self.beta <= 1.0:
             raise ValueError(f"beta must be in [0, 1], got {self.beta}")
