@@ -127,7 +127,6 @@ class RolloutSource:
     fallback: float
     demonstrations: list[Sequence] | None = None
     seed: int = 0
-
     overlong_cache: int | None = None
 
     def _sample(self, units: list[int], step: int, round_: int, tokenizer):

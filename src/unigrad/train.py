@@ -297,21 +297,21 @@ def optimise(trainer: Trainer, experience: Experience, whole: Batch, optimizer, 
     of the step's units in ``grad_accum`` micro-batches, and gradients are summed over processes.
     Returns the last epoch's surrogate and objective sums, tokens seen, mean metrics, gradient norm."""
     t = trainer.config.train
-    per_process = t.batch_size // procs.world
-    per_micro = per_process // t.grad_accum
-    first = procs.rank * per_process
+    # The step's units in processes × grad_accum contiguous chunks (a step may hold fewer units than
+    # batch_size, e.g. after DAPO's dynamic sampling); this process trains chunks rank·grad_accum …
+    chunks = [chunk.tolist() for chunk in torch.arange(len(experience.units)).tensor_split(procs.world * t.grad_accum)]
+    mine = [chunk for chunk in chunks[procs.rank * t.grad_accum:(procs.rank + 1) * t.grad_accum] if chunk]
     tokens = 0
     for _ in range(epochs):
         loss_sum, objective_sum, metrics = 0.0, 0.0, {}
-        for micro in range(t.grad_accum):
-            start_unit = first + micro * per_micro
-            out, n = trainer.batch_loss(experience, experience.rows_of(list(range(start_unit, start_unit + per_micro))), whole)
+        for chunk in mine:
+            out, n = trainer.batch_loss(experience, experience.rows_of(chunk), whole)
             out.loss.backward()
             loss_sum += float(out.loss.detach())
             objective_sum += float(out.objective)
             tokens += n
             for key, value in out.metrics.items():
-                metrics[key] = metrics.get(key, 0.0) + float(value) / t.grad_accum
+                metrics[key] = metrics.get(key, 0.0) + float(value) / len(mine)
         procs.sum_gradients(params)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm if t.max_grad_norm else float("inf"))
         optimizer.step()

@@ -110,3 +110,23 @@ def test_gate_requires_and_validation():
     assert {"reward", "group", "is_demo", "logp_old"} <= hpt.requires
     with pytest.raises(ValueError):
         Gate(below=hpt.below)
+
+
+def test_a_step_with_fewer_units_than_the_batch_size_still_trains():
+    """DAPO's dynamic sampling may leave fewer informative prompts than batch_size: the loop splits
+    whatever the step holds."""
+    from unigrad.config import load_config
+    from unigrad.experience import Split
+    from unigrad.models import load_model
+    from unigrad.distributed import Processes
+    from unigrad.tokens import Sequence
+    from unigrad.train import Trainer, optimise
+    model, tok = load_model("tiny-random")
+    config = load_config(None, ["data.train=x", "train.batch_size=4", "train.grad_accum=2"], text="method: {name: sft}")
+    trainer = Trainer(config, model, tok, ug.method("sft"), None, torch.device("cpu"))
+    split = Split.of("train", [Sequence((1, 2), (3, 4, 5), group=i) for i in range(3)])   # 3 units < batch_size 4
+    experience = split.experience([0, 1, 2])
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=0.1)
+    *_, grad_norm = optimise(trainer, experience, experience.step_batch("cpu"), optimizer, params, Processes(), 1)
+    assert grad_norm > 0
