@@ -1,7 +1,7 @@
 """One TRL repetition (one process): SFT or DPO on SmolLM2-135M-Instruct, fp32, CPU.
 
 Run by benchmarks/run.py with the TRL venv:
-    .venv-bench/bin/python benchmarks/bench_trl.py METHOD STEPS BATCH OUT_DIR MODEL_FOLDER DATA_JSON
+    .venv-bench/bin/python benchmarks/bench_trl.py METHOD STEPS BATCH OUT_DIR MODEL_FOLDER DATA_JSON [OPTIM]
 DATA_JSON holds the examples already tokenised by unigrad, in the order unigrad's steps draw them,
 so both frameworks see exactly the same token ids in the same batches. TRL reads them in order
 (sequential sampler). Prints one JSON line (prefix BENCH_RESULT) like bench_unigrad.py.
@@ -35,6 +35,7 @@ def install_step_hook() -> None:
 
 def main() -> None:
     method, steps, batch, out_dir, folder, data_json = sys.argv[1:7]
+    optim = sys.argv[7] if len(sys.argv) > 7 else "adamw_torch"   # TRL's own default is adamw_torch_fused
     steps, batch = int(steps), int(batch)
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
@@ -54,7 +55,7 @@ def main() -> None:
 
     common = dict(output_dir=out_dir, max_steps=steps, per_device_train_batch_size=batch, gradient_accumulation_steps=1,
                   learning_rate=1e-5, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
-                  adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8, max_grad_norm=1.0, optim="adamw_torch",
+                  adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8, max_grad_norm=1.0, optim=optim,
                   bf16=False, fp16=False, use_cpu=True, gradient_checkpointing=False, report_to=[],
                   logging_steps=1, save_strategy="no", eval_strategy="no", seed=0, data_seed=0,
                   dataloader_num_workers=0, disable_tqdm=True, max_length=256)
@@ -85,7 +86,7 @@ def main() -> None:
     trainer.train()
     total = time.perf_counter() - started
     print("BENCH_RESULT " + json.dumps({
-        "framework": "trl", "method": method, "step_ends": STEP_ENDS, "losses": losses,
+        "framework": "trl", "method": method, "optim": optim, "step_ends": STEP_ENDS, "losses": losses,
         "peak_rss_kb_end": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
         "peak_rss_kb_last_step": RSS_AT_STEP[-1] if RSS_AT_STEP else None,
         "threads": torch.get_num_threads(), "wall_s": total,

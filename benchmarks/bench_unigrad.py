@@ -8,6 +8,7 @@ per-step objectives from metrics.jsonl and the peak RSS.
 from __future__ import annotations
 
 import json
+import os
 import resource
 import sys
 import time
@@ -27,8 +28,11 @@ def _hook(optimizer, args, kwargs):
 def install_step_hook() -> None:
     """Every AdamW created from now on calls _hook after each step()."""
     original = torch.optim.AdamW.__init__
+    fused = os.environ.get("UNIGRAD_BENCH_FUSED_ADAMW") == "1"   # what-if: not what unigrad ships
 
     def init(self, *args, **kwargs):
+        if fused:
+            kwargs["fused"] = True
         original(self, *args, **kwargs)
         self.register_step_post_hook(_hook)
     torch.optim.AdamW.__init__ = init
@@ -58,7 +62,7 @@ def main() -> None:
     records = [json.loads(line) for line in (Path(out_dir) / "metrics.jsonl").read_text().splitlines() if line]
     objectives = {r["step"]: r["objective"] for r in records if "objective" in r and r["step"] > 0}
     print("BENCH_RESULT " + json.dumps({
-        "framework": "unigrad", "method": method, "step_ends": STEP_ENDS,
+        "framework": "unigrad", "method": method, "fused_adamw": os.environ.get("UNIGRAD_BENCH_FUSED_ADAMW") == "1", "step_ends": STEP_ENDS,
         "losses": [objectives[s] for s in sorted(objectives)],
         "own_tokens_per_s": [r.get("tokens_per_s") for r in records if r["step"] > 0],
         "peak_rss_kb_end": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,

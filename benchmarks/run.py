@@ -86,17 +86,24 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--methods", nargs="+", default=["sft", "dpo"])
+    parser.add_argument("--trl-optim", default="adamw_torch",
+                        help="TRL's optim; adamw_torch = torch AdamW as unigrad uses it (TRL's default is adamw_torch_fused)")
+    parser.add_argument("--unigrad-fused-adamw", action="store_true",
+                        help="what-if: patch torch.optim.AdamW(fused=True) into the unigrad child (not what unigrad ships)")
+    parser.add_argument("--frameworks", nargs="+", default=["unigrad", "trl"])
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/trl_compare.json"))
     args = parser.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
+    if args.unigrad_fused_adamw:
+        os.environ["UNIGRAD_BENCH_FUSED_ADAMW"] = "1"
     from unigrad.models import embedded_model_folder
     folder = str(embedded_model_folder())
     report = {"args": vars(args), "methods": {}}
     for method in args.methods:
         data_json, tokens = export_data(method, args.steps, args.batch)
-        runs = {"unigrad": [], "trl": []}
+        runs = {fw: [] for fw in args.frameworks}
         for rep in range(args.reps):
-            for framework in ("unigrad", "trl"):
+            for framework in args.frameworks:
                 out_dir = WORK / f"{framework}-{method}-{rep}"
                 # a fresh output folder: unigrad reuses a reference_logps.safetensors it finds there
                 shutil.rmtree(out_dir, ignore_errors=True)
@@ -104,7 +111,7 @@ def main() -> None:
                     cmd = [str(UNIGRAD_PY), "benchmarks/bench_unigrad.py", method, str(args.steps), str(args.batch), str(out_dir)]
                 else:
                     cmd = [str(TRL_PY), "benchmarks/bench_trl.py", method, str(args.steps), str(args.batch), str(out_dir),
-                           folder, str(data_json)]
+                           folder, str(data_json), args.trl_optim]
                 raw = run_child(cmd, WORK / f"{framework}-{method}-{rep}.log")
                 row = steady(raw, tokens)
                 row["raw"] = raw
@@ -115,11 +122,20 @@ def main() -> None:
                for fw, rs in runs.items()}
         for fw in runs:
             med[fw]["first_loss"] = runs[fw][0]["first_loss"]
-        report["methods"][method] = {"tokens_per_step": tokens, "runs": runs, "median": med,
-                                     "ratio_tokens_per_s": med["unigrad"]["tokens_per_s"] / med["trl"]["tokens_per_s"],
-                                     "ratio_peak_rss": med["unigrad"]["peak_rss_mb"] / med["trl"]["peak_rss_mb"]}
+        report["methods"][method] = {"tokens_per_step": tokens, "runs": runs, "median": med}
+        if len(runs) == 2:
+            report["methods"][method].update(
+                ratio_tokens_per_s=med["unigrad"]["tokens_per_s"] / med["trl"]["tokens_per_s"],
+                ratio_peak_rss=med["unigrad"]["peak_rss_mb"] / med["trl"]["peak_rss_mb"])
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1))
+    if len(args.frameworks) != 2:
+        for method, m in report["methods"].items():
+            for fw, med in m["median"].items():
+                print(f"{method} {fw}: {med['tokens_per_s']:.1f} tok/s, {med['step_s']:.2f} s/step, "
+                      f"peak RSS {med['peak_rss_mb']:.0f} MB, first loss {med['first_loss']:.6f}")
+        print(f"wrote {args.out}")
+        return
     print("\n| method | unigrad tok/s | TRL tok/s | ratio | unigrad peak RSS MB | TRL peak RSS MB | ratio | first loss unigrad | first loss TRL | |Δ| |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for method, m in report["methods"].items():

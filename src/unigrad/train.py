@@ -9,6 +9,7 @@ exact), backprop ``objective.loss(batch).loss``, clip, step. The loop asks the o
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import logging
 import math
@@ -63,6 +64,10 @@ def make_optimizer(params, cfg):
     kwargs = {"lr": cfg.lr, "weight_decay": cfg.weight_decay}
     if name in ("adamw", "adam"):
         kwargs["betas"] = tuple(cfg.betas)
+        try:  # the fused kernel: on this CPU one SmolLM2 AdamW step takes 85 ms fused against 361 ms
+            return builtin[name](params, fused=True, **kwargs)
+        except (RuntimeError, TypeError, ValueError):
+            pass
     if name in builtin:
         return builtin[name](params, **kwargs)
     try:
@@ -75,6 +80,22 @@ def make_optimizer(params, cfg):
 
 
 # ---------------------------------------------------------------------------- reference log-probs
+
+def _fingerprint(model_name: str, splits: list[Split]) -> str:
+    """What reference log-probs depend on: the model and every token of every sequence."""
+    digest = hashlib.sha256(model_name.encode())
+    for split in splits:
+        digest.update(split.name.encode())
+        for sequence in split.sequences:
+            digest.update(repr((sequence.prompt_ids, sequence.completion_ids)).encode())
+    return digest.hexdigest()
+
+
+def _metadata(path: Path) -> dict:
+    from safetensors import safe_open
+    with safe_open(str(path), framework="pt") as handle:
+        return handle.metadata() or {}
+
 
 def _is_peft(model) -> bool:
     return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
@@ -91,14 +112,17 @@ class Reference:
         self.model = None
         if splits and config.reference.precompute:
             cache = Path(config.output_dir) / "reference_logps.safetensors"
-            if cache.exists():  # a resumed run must use the initial policy's values, not recompute them
+            fingerprint = _fingerprint(config.model.name, splits)
+            if cache.exists() and _metadata(cache).get("fingerprint") == fingerprint:
+                # a resumed run must use the initial policy's values, not recompute them from its current weights
                 self.table = {(key.split("/")[0], int(key.split("/")[1])): value
                               for key, value in load_file(str(cache)).items()}
             else:
                 self.table = self._precompute(policy, splits)
                 if writer:
                     tmp = cache.with_suffix(".tmp")
-                    save_file({f"{split}/{index}": v for (split, index), v in self.table.items()}, str(tmp))
+                    save_file({f"{split}/{index}": v for (split, index), v in self.table.items()}, str(tmp),
+                              metadata={"fingerprint": fingerprint})
                     tmp.replace(cache)
         elif _is_peft(policy):
             self.model = policy

@@ -126,3 +126,10 @@ def test_distillation_through_the_loop(tmp_path):
     assert rows[-1]["eval/objective"] < rows[0]["eval/objective"]
     missing = unigrad("train", str(ROOT / "configs" / "tiny-kd.yaml"), f"output_dir={tmp_path}", "teacher.name=null")
     assert missing.returncode == 2 and "teacher.name" in missing.stderr
+
+
+def test_a_fresh_run_does_not_reuse_another_runs_reference_cache(tmp_path):
+    first = unigrad("train", TINY, f"output_dir={tmp_path}", "train.steps=1", "data.limit=20", "--no-progress")
+    assert first.returncode == 0, first.stderr
+    second = unigrad("train", TINY, f"output_dir={tmp_path}", "train.steps=1", "data.limit=40", "--no-progress")
+    assert second.returncode == 0, second.stderr   # different data: the cache is recomputed, not misread
