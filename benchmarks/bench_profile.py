@@ -10,7 +10,6 @@ from __future__ import annotations
 import resource
 import sys
 
-import torch
 from torch.profiler import ProfilerActivity, profile
 
 STATE = {"step": 0, "prof": None, "rss": []}

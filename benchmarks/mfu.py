@@ -35,7 +35,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--results", default=str(root / "benchmarks/results/trl_compare.json"))
     args = parser.parse_args()
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
     from unigrad.models import embedded_model_folder
     folder = embedded_model_folder()
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
