@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from unigrad.policy import _attention_mask, _body_and_head, _logit_transform
+from unigrad.policy import _body_and_head, check_engine_args, completion_states, scatter
 from unigrad.tokens import TokenBatch
 
 # Batch.extra fields produced by ``distill_fields`` (the loop calls it when an objective requires any).
@@ -35,34 +35,6 @@ DISTILL_FIELDS = frozenset({
     "student_logp_topk", "teacher_logp_topk", "student_logp_rest", "teacher_logp_rest",
     "student_logp_tail", "student_logp_target", "teacher_logp_target", "target_in_topk", "topk_indices",
 })
-
-
-def _completion_states(model, tb: TokenBatch):
-    """Hidden states that predict the completion tokens ([N, H]), their targets [N], the [B, T] selection,
-    the head, the logit transform and the compute dtype (as in ``policy.token_logprobs``)."""
-    body, head, config = _body_and_head(model)
-    param = next(model.parameters())
-    tb = tb.to(param.device)
-    compute_dtype = torch.promote_types(param.dtype, torch.float32)
-    attn = _attention_mask(config, tb, param.dtype if param.is_floating_point() else torch.float32)
-    out = body(input_ids=tb.input_ids, position_ids=tb.position_ids, attention_mask=attn, use_cache=False)
-    hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
-    sel = tb.completion_mask > 0
-    rows, cols = tb.completion_row[sel], tb.completion_col[sel]
-    return hidden[rows, cols - 1], tb.input_ids[rows, cols], sel, head, _logit_transform(config), compute_dtype
-
-
-def _scatter(sel: Tensor, values: Tensor, fill: float = 0.0) -> Tensor:
-    """[N, ...] values of the selected tokens → [B, T, ...], ``fill`` elsewhere."""
-    out = values.new_full((*sel.shape, *values.shape[1:]), fill)
-    return out.index_put(sel.nonzero(as_tuple=True), values)
-
-
-def _check(chunk_size: int, temperature: float):
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
 
 
 def support_logprobs(logits: Tensor, indices: Tensor | None, target: Tensor | None = None,
@@ -100,9 +72,9 @@ def teacher_topk(model, tb: TokenBatch, k: int | None, chunk_size: int = 1024, t
     With ``return_extras``, a third output: a dict of [B, T] tensors, ``rest`` = log Σ_{v∉S} p(v)
     (exact masked logsumexp; −inf on the full vocabulary and where masked) and ``target`` = log p(y_t).
     Outputs are ordinary (not inference) tensors."""
-    _check(chunk_size, temperature)
+    check_engine_args(chunk_size, temperature)
     with torch.inference_mode():
-        h, target, sel, head, transform, dtype = _completion_states(model, tb)
+        h, target, sel, head, transform, dtype = completion_states(model, tb)
         pieces = []
         vocab = head.weight.shape[0]
         full = k is None or k >= vocab
@@ -117,9 +89,9 @@ def teacher_topk(model, tb: TokenBatch, k: int | None, chunk_size: int = 1024, t
             pieces = [(h.new_zeros(0, width, dtype=dtype), h.new_zeros(0, dtype=dtype), h.new_zeros(0, dtype=dtype))
                       + (() if full else (torch.zeros(0, k, dtype=torch.long, device=h.device),))]
         columns = [torch.cat(col) for col in zip(*pieces)]
-        values = _scatter(sel, columns[0])
-        indices = None if full else _scatter(sel, columns[3])
-        rest, target_lp = _scatter(sel, columns[1], float("-inf")), _scatter(sel, columns[2])
+        values = scatter(sel, columns[0])
+        indices = None if full else scatter(sel, columns[3])
+        rest, target_lp = scatter(sel, columns[1], float("-inf")), scatter(sel, columns[2])
     # clone outside inference mode: ordinary tensors, usable in autograd-recorded code
     values, indices = values.clone(), None if indices is None else indices.clone()
     if not return_extras:
@@ -143,8 +115,8 @@ def student_logprobs_at(model, tb: TokenBatch, indices: Tensor | None, chunk_siz
     With ``return_extras``, also a dict of [B, T] tensors (with gradient): ``rest`` = log Σ_{v∉S} p(v),
     ``tail`` = log Σ_{v∉S∪{y_t}} p(v), ``target`` = log p(y_t) (−inf for rest/tail on the full vocabulary;
     0 where masked)."""
-    _check(chunk_size, temperature)
-    h, target, sel, head, transform, dtype = _completion_states(model, tb)
+    check_engine_args(chunk_size, temperature)
+    h, target, sel, head, transform, dtype = completion_states(model, tb)
     idx = None if indices is None else indices.to(h.device)[sel]
     use_ckpt = torch.is_grad_enabled() and (h.requires_grad or any(p.requires_grad for p in head.parameters()))
     pieces = []
@@ -157,11 +129,11 @@ def student_logprobs_at(model, tb: TokenBatch, indices: Tensor | None, chunk_siz
         pieces = [(h.new_zeros(0, width, dtype=dtype),) + tuple(h.new_zeros(0, dtype=dtype)
                                                                  for _ in range(3 if return_extras else 1))]
     columns = [torch.cat(col) for col in zip(*pieces)]
-    topk = _scatter(sel, columns[0])
+    topk = scatter(sel, columns[0])
     if not return_extras:
         return topk
     names = ("rest", "target", "tail")
-    return topk, {name: _scatter(sel, col) for name, col in zip(names, columns[1:])}
+    return topk, {name: scatter(sel, col) for name, col in zip(names, columns[1:])}
 
 
 def student_logprobs_full(model, tb: TokenBatch, chunk_size: int = 1024, temperature: float = 1.0) -> Tensor:

@@ -209,6 +209,48 @@ def _chunk_logprobs(head, transform, temperature: float, compute_dtype: torch.dt
 
 # ------------------------------------------------------------------------------------ log-probs
 
+def completion_states(model, tb: TokenBatch, _explicit_mask: bool | None = None):
+    """One forward pass of the transformer body; the hidden states that predict the completion tokens
+    ([N, H], N = completion tokens of the batch), their targets [N], the [B, T] selection, the LM head,
+    the model's logit transform and the compute dtype. Only these N states ever reach the LM head."""
+    body, head, config = _body_and_head(model)
+    param = next(model.parameters())
+    tb = tb.to(param.device)
+    compute_dtype = torch.promote_types(param.dtype, torch.float32)
+    attn = _attention_mask(config, tb, param.dtype if param.is_floating_point() else torch.float32, _explicit_mask)
+    out = body(input_ids=tb.input_ids, position_ids=tb.position_ids, attention_mask=attn, use_cache=False)
+    hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]   # [R, L, H]
+    sel = tb.completion_mask > 0                                     # [B, T]
+    rows, cols = tb.completion_row[sel], tb.completion_col[sel]      # [N]
+    return hidden[rows, cols - 1], tb.input_ids[rows, cols], sel, head, _logit_transform(config), compute_dtype
+
+
+def chunked(chunk_fn, h: Tensor, target: Tensor, head, transform, temperature: float, compute_dtype,
+            chunk_size: int) -> Tensor:
+    """``chunk_fn(head, transform, temperature, compute_dtype, h_chunk, target_chunk)`` over chunks of
+    ``chunk_size`` positions, concatenated. With gradients, each chunk is checkpointed: only its hidden
+    states are kept and its full-vocabulary logits are recomputed in backward, never stored."""
+    use_ckpt = torch.is_grad_enabled() and (h.requires_grad or any(p.requires_grad for p in head.parameters()))
+    pieces = []
+    for i in range(0, h.shape[0], chunk_size):
+        args = (head, transform, float(temperature), compute_dtype, h[i:i + chunk_size], target[i:i + chunk_size])
+        pieces.append(checkpoint(chunk_fn, *args, use_reentrant=False) if use_ckpt else chunk_fn(*args))
+    return torch.cat(pieces) if pieces else h.new_zeros(0, dtype=compute_dtype)
+
+
+def scatter(sel: Tensor, values: Tensor, fill: float = 0.0) -> Tensor:
+    """[N, ...] values of the selected tokens → [B, T, ...], ``fill`` elsewhere."""
+    out = values.new_full((*sel.shape, *values.shape[1:]), fill)
+    return out.index_put(sel.nonzero(as_tuple=True), values)
+
+
+def check_engine_args(chunk_size: int, temperature: float) -> None:
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+
+
 def token_logprobs(model, tb: TokenBatch, chunk_size: int = 1024, temperature: float = 1.0,
                    _explicit_mask: bool | None = None) -> Tensor:
     """``logp[b, t]`` [B, T] of each completion token under ``model`` (0 where completion_mask is 0).
@@ -216,39 +258,9 @@ def token_logprobs(model, tb: TokenBatch, chunk_size: int = 1024, temperature: f
     Differentiable w.r.t. the model's parameters; also works under ``torch.inference_mode()``.
     The output is float32 for half-precision models, else the model's dtype.
     """
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    body, head, config = _body_and_head(model)
-    param = next(model.parameters())
-    tb = tb.to(param.device)
-    compute_dtype = torch.promote_types(param.dtype, torch.float32)
-
-    attn = _attention_mask(config, tb, param.dtype if param.is_floating_point() else torch.float32, _explicit_mask)
-    out = body(input_ids=tb.input_ids, position_ids=tb.position_ids, attention_mask=attn, use_cache=False)
-    hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]   # [R, L, H]
-
-    sel = tb.completion_mask > 0                                     # [B, T]
-    rows, cols = tb.completion_row[sel], tb.completion_col[sel]      # [N]
-    h = hidden[rows, cols - 1]                                       # [N, H] states that predict the tokens
-    target = tb.input_ids[rows, cols]                                # [N]
-    transform = _logit_transform(config)
-
-    use_ckpt = torch.is_grad_enabled() and (h.requires_grad or any(p.requires_grad for p in head.parameters()))
-    pieces = []
-    for i in range(0, h.shape[0], chunk_size):
-        hc, tc = h[i:i + chunk_size], target[i:i + chunk_size]
-        if use_ckpt:
-            pieces.append(checkpoint(_chunk_logprobs, head, transform, float(temperature), compute_dtype, hc, tc,
-                                     use_reentrant=False))
-        else:
-            pieces.append(_chunk_logprobs(head, transform, float(temperature), compute_dtype, hc, tc))
-    lp = torch.cat(pieces) if pieces else hidden.new_zeros(0, dtype=compute_dtype)
-
-    b_idx, t_idx = sel.nonzero(as_tuple=True)
-    result = torch.zeros(sel.shape, dtype=compute_dtype, device=hidden.device)
-    return result.index_put((b_idx, t_idx), lp)
+    check_engine_args(chunk_size, temperature)
+    h, target, sel, head, transform, dtype = completion_states(model, tb, _explicit_mask)
+    return scatter(sel, chunked(_chunk_logprobs, h, target, head, transform, temperature, dtype, chunk_size))
 
 
 def reference_logprobs(model, tb: TokenBatch, chunk_size: int = 1024, temperature: float = 1.0) -> Tensor:
