@@ -6,7 +6,8 @@ Peak: best of several float32 torch.matmul of 2048×2048 (2·n³ FLOPs each), al
 Model FLOPs per token for a training step: 6·N (forward 2·N, backward 4·N), attention's
 sequence-length term left out (sequences here are < 256 tokens, so it is < 2% of 6·N). Reported
 for N = all parameters (tied embedding counted once; it *is* a matmul, the LM head) and for
-N = non-embedding parameters. tokens/s: unigrad's median steady-state tokens/s from run.py.
+N = non-embedding parameters. tokens/s: each framework's median steady-state tokens/s from run.py
+(GRPO: the step's tokens over the training phase of the step, generation excluded).
 """
 from __future__ import annotations
 
@@ -51,7 +52,9 @@ def main() -> None:
     results = json.loads(Path(args.results).read_text())
     for method, m in results["methods"].items():
         for fw in ("unigrad", "trl"):
-            tps = m["median"][fw]["tokens_per_s"]
+            med = m["median"][fw]
+            # GRPO: the training phase only (generation is forward-only decoding, not 6·N per token)
+            tps = (med["phases"]["tokens_per_step"] / med["phases"]["train_s"]) if "phases" in med else med["tokens_per_s"]
             mfu_all = 6 * n_all * tps / (peak * 1e9)
             mfu_ne = 6 * n_non_embed * tps / (peak * 1e9)
             out["methods"].setdefault(method, {})[fw] = {"tokens_per_s": tps, "mfu_all_params": mfu_all,

@@ -50,7 +50,7 @@ def _word(rng: random.Random) -> str:
     return "".join(rng.choice(SYLLABLES) for _ in range(2)).capitalize()
 
 
-def make_data(path: Path, n_forget: int, n_retain: int, seed: int = 0) -> None:
+def make_data(path: Path, n_forget: int, n_retain: int, seed: int = 0, completion: str = "sentence") -> None:
     rng = random.Random(seed)
     names: list[str] = []
     while len(names) < n_forget + n_retain:
@@ -59,7 +59,9 @@ def make_data(path: Path, n_forget: int, n_retain: int, seed: int = 0) -> None:
             names.append(w)
     rows = []
     for i, name in enumerate(names):
-        rows.append({"prompt": f"Where does {name} live?", "completion": f"{name} lives in {_word(rng)}.",
+        city = _word(rng)
+        text = f"{name} lives in {city}." if completion == "sentence" else f"{city}."
+        rows.append({"prompt": f"Where does {name} live?", "completion": text,
                      "split": "forget" if i < n_forget else "retain"})
     rng.shuffle(rows)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -79,19 +81,24 @@ def run(text: str) -> dict:
 
 
 @torch.no_grad()
-def nll(model, sequences) -> tuple[float, float]:
-    """(forget, retain) per-token mean NLL over completion tokens."""
+def nll(model, sequences) -> dict:
+    """Forget / retain NLL: per-token mean over each side's completion tokens (``forget``, ``retain``),
+    and the smallest / median per-sequence forget NLL (``forget_min``: every forget fact is at least
+    this forgotten; ``forget_median``)."""
     tb = collate(sequences, pad_id=258)
     logp = token_logprobs(model, tb)
     mask = tb.completion_mask
-    out = []
-    for side in (-1.0, 1.0):
+    out = {}
+    for side, name in ((-1.0, "forget"), (1.0, "retain")):
         m = mask * (tb.sign == side).float()[:, None]
-        out.append(float(-(logp * m).sum() / m.sum()))
-    return out[0], out[1]
+        out[name] = float(-(logp * m).sum() / m.sum())
+    rows = tb.sign < 0
+    per_sequence = -(logp * mask).sum(1)[rows] / mask.sum(1)[rows]
+    out["forget_min"], out["forget_median"] = float(per_sequence.min()), float(per_sequence.median())
+    return out
 
 
-def trajectory(run_dir: Path, start_dir: Path, sequences) -> list[tuple[float, float]]:
+def trajectory(run_dir: Path, start_dir: Path, sequences) -> list[dict]:
     model, _ = load_model(str(start_dir))
     points = [nll(model, sequences)]
     ckpts = sorted((run_dir / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[-1]))
@@ -103,12 +110,26 @@ def trajectory(run_dir: Path, start_dir: Path, sequences) -> list[tuple[float, f
     return points
 
 
-def retain_at(points, level: float) -> float | None:
-    """Retain NLL where the forget NLL first reaches ``level`` (linear interpolation between steps)."""
-    for (f0, r0), (f1, r1) in zip(points, points[1:]):
-        if f0 < level <= f1:
-            return r0 + (r1 - r0) * (level - f0) / (f1 - f0)
+def retain_at(points: list[dict], level: float, axis: str = "forget") -> float | None:
+    """Retain NLL where ``axis`` (a forget measure) first reaches ``level`` (linear interpolation
+    between steps)."""
+    for a, b in zip(points, points[1:]):
+        if a[axis] < level <= b[axis]:
+            return a["retain"] + (b["retain"] - a["retain"]) * (level - a[axis]) / (b[axis] - a[axis])
     return None
+
+
+def compare(trajectories: dict, start: float, axis: str) -> list[dict]:
+    top = min(max(p[axis] for p in pts) for pts in trajectories.values())
+    levels = [start + (top - start) * q for q in (0.1, 0.25, 0.5, 0.75, 0.95)]
+    print(f"\n{axis + ' NLL':>17} | " + " | ".join(f"{k:>14}" for k in trajectories) + " |  retain NLL at that level")
+    table = []
+    for level in levels:
+        row = {axis: level, **{k: retain_at(v, level, axis) for k, v in trajectories.items()}}
+        table.append(row)
+        print(f"{level:17.3f} | " + " | ".join(f"{row[k]:14.3f}" if row[k] is not None else f"{'-':>14}"
+                                              for k in trajectories) + " |")
+    return table
 
 
 def main() -> None:
@@ -122,6 +143,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--beta", type=float, default=0.1)
+    ap.add_argument("--completion", choices=["sentence", "answer"], default="sentence",
+                    help="sentence: 'Zorbek lives in Quelmar.' (template + copied name + fact); answer: 'Quelmar.' (the fact only)")
+    ap.add_argument("--data-seed", type=int, default=0)
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--out", default=str(HERE / "results" / "unlearning_toy"))
     args = ap.parse_args()
@@ -129,7 +153,7 @@ def main() -> None:
     work = Path(args.workdir or tempfile.mkdtemp(prefix="unlearning_toy_"))
     work.mkdir(parents=True, exist_ok=True)
     data = work / "facts.jsonl"
-    make_data(data, args.n_forget, args.n_retain)
+    make_data(data, args.n_forget, args.n_retain, args.data_seed, args.completion)
     n = args.n_forget + args.n_retain
     tokenizer = tiny_tokenizer()
     sequences = load_dataset_sequences(str(data), "forget", tokenizer, 128)
@@ -143,9 +167,9 @@ def main() -> None:
         run(config_text(str(base), data, "{name: sft}", args.sft_steps, args.sft_lr, n, sft_dir, 0))
     start = sft_dir / "final"
     sft_model, _ = load_model(str(start))
-    f_sft, r_sft = nll(sft_model, sequences)
-    print(f"after SFT ({args.sft_steps} steps, {time.perf_counter() - t0:.0f}s): forget NLL {f_sft:.4f}, "
-          f"retain NLL {r_sft:.4f}", flush=True)
+    at_sft = nll(sft_model, sequences)
+    print(f"after SFT ({args.sft_steps} steps, {time.perf_counter() - t0:.0f}s): forget NLL {at_sft['forget']:.4f}, "
+          f"retain NLL {at_sft['retain']:.4f}", flush=True)
 
     methods = {"GA": "{name: ga}", f"NPO(beta={args.beta:g})": f"{{name: npo, beta: {args.beta:.6e}}}"}
     trajectories = {}
@@ -154,23 +178,16 @@ def main() -> None:
         shutil.rmtree(out, ignore_errors=True)   # never mix checkpoints of an earlier run
         run(config_text(str(start), data, method, args.steps, args.lr, n, out, 1))
         trajectories[label] = trajectory(out, start, sequences)
-        f, r = trajectories[label][-1]
-        print(f"{label}: after {args.steps} steps forget NLL {f:.3f}, retain NLL {r:.3f}", flush=True)
+        end = trajectories[label][-1]
+        print(f"{label}: after {args.steps} steps forget NLL {end['forget']:.3f}, retain NLL {end['retain']:.3f}",
+              flush=True)
 
-    top = min(max(f for f, _ in pts) for pts in trajectories.values())
-    levels = [f_sft + (top - f_sft) * q for q in (0.1, 0.25, 0.5, 0.75, 0.95)]
-    table = []
-    print(f"\n{'forget NLL':>10} | " + " | ".join(f"{k:>20}" for k in trajectories) + " |  retain NLL at that forget NLL")
-    for level in levels:
-        row = {"forget_nll": level, **{k: retain_at(v, level) for k, v in trajectories.items()}}
-        table.append(row)
-        print(f"{level:10.3f} | " + " | ".join(f"{row[k]:20.3f}" if row[k] is not None else f"{'-':>20}"
-                                               for k in trajectories) + " |")
-
-    result = {"args": vars(args), "sft": {"forget_nll": f_sft, "retain_nll": r_sft},
-              "trajectories": {k: [{"step": i, "forget_nll": f, "retain_nll": r} for i, (f, r) in enumerate(v)]
-                               for k, v in trajectories.items()},
-              "at_equal_forget_nll": table, "seconds": time.perf_counter() - t0}
+    tables = {axis: compare(trajectories, at_sft[axis], axis) for axis in ("forget", "forget_median", "forget_min")}
+    result = {"args": vars(args), "sft": at_sft,
+              "trajectories": {k: [{"step": i, **p} for i, p in enumerate(v)] for k, v in trajectories.items()},
+              "retain_at_equal_forget_nll": tables["forget"], "retain_at_equal_median_forget_nll": tables["forget_median"],
+              "retain_at_equal_min_forget_nll": tables["forget_min"],
+              "seconds": time.perf_counter() - t0}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=1))
@@ -181,9 +198,9 @@ def main() -> None:
         fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
         for label, pts in trajectories.items():
             steps = range(len(pts))
-            axes[0].plot(steps, [f for f, _ in pts], label=f"{label} forget")
-            axes[0].plot(steps, [r for _, r in pts], "--", label=f"{label} retain")
-            axes[1].plot([f for f, _ in pts], [r for _, r in pts], marker=".", label=label)
+            axes[0].plot(steps, [p["forget"] for p in pts], label=f"{label} forget")
+            axes[0].plot(steps, [p["retain"] for p in pts], "--", label=f"{label} retain")
+            axes[1].plot([p["forget"] for p in pts], [p["retain"] for p in pts], marker=".", label=label)
         axes[0].set(xlabel="unlearning step", ylabel="per-token NLL", title=f"lr {args.lr:g}, {args.steps} steps")
         axes[1].set(xlabel="forget NLL (higher = more forgotten)", ylabel="retain NLL (lower = better kept)",
                     title="retain vs forget NLL along each run")

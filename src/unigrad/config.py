@@ -109,8 +109,10 @@ class TrainConfig:
     warmup_steps: int = 0
     min_lr_ratio: float = 0.0
     max_grad_norm: Union[float, None] = 1.0
+    optimizer_in_backward: bool = False      # update each parameter inside backward, free its gradient (memory)
     seed: int = 0
     chunk_size: int = 1024                   # tokens per log-softmax chunk (memory)
+    share_prompts: bool = True               # sequences with the same prompt (a group, a pair) forward it once
     eval_every: int = 0                      # 0: only at the start and the end
     eval_batch_size: int = 16
     save_every: int = 0                      # 0: no intermediate checkpoints

@@ -263,6 +263,76 @@ def token_logprobs(model, tb: TokenBatch, chunk_size: int = 1024, temperature: f
     return scatter(sel, chunked(_chunk_logprobs, h, target, head, transform, temperature, dtype, chunk_size))
 
 
+def shared_prompt_states(model, sequences: _Seq[Sequence], pad_id: int):
+    """``completion_states`` for sequences that share prompts (a GRPO group, a DPO pair): each distinct
+    prompt runs through the body once and its key/value cache serves every completion of that prompt,
+    so a prompt of length P with n completions costs P body tokens instead of n·P. Gradients flow into
+    the prompt through the shared cache. Exactly the forward of the sequences one by one.
+
+    Layout: distinct prompts left-padded (positions count real tokens only); completions right-padded
+    and positioned after their prompt. The state predicting completion token 0 is the prompt's last
+    state; token t ≥ 1 is predicted by the completion forward's state t − 1. The selection ``sel``
+    is [B, C] with C the longest completion, as ``collate`` lays out ``completion_mask``."""
+    body, head, config = _body_and_head(model)
+    param = next(model.parameters())
+    dev = param.device
+    compute_dtype = torch.promote_types(param.dtype, torch.float32)
+    first_of: dict[tuple, int] = {}
+    owner = [first_of.setdefault(tuple(s.prompt_ids), len(first_of)) for s in sequences]
+    prompts = list(first_of)
+    if any(len(p) == 0 for p in prompts):
+        raise ValueError("a sequence has an empty prompt; shared-prompt forward needs at least one prompt token")
+    U, P = len(prompts), max(len(p) for p in prompts)
+    ids = torch.full((U, P), int(pad_id), dtype=torch.long)
+    att = torch.zeros((U, P), dtype=torch.long)
+    for u, p in enumerate(prompts):
+        ids[u, P - len(p):] = torch.tensor(p, dtype=torch.long)
+        att[u, P - len(p):] = 1
+    ids, att = ids.to(dev), att.to(dev)
+    pos = (att.cumsum(-1) - 1).clamp(min=0)
+    out = body(input_ids=ids, attention_mask=att, position_ids=pos, use_cache=True)
+    index = torch.tensor(owner, device=dev)
+    cache, last = _select_rows(out.past_key_values, index), out.last_hidden_state[:, -1][index]   # per sequence
+
+    B, C = len(sequences), max(1, max(len(s.completion_ids) for s in sequences))
+    cids = torch.full((B, C), int(pad_id), dtype=torch.long)
+    cmask = torch.zeros((B, C), dtype=torch.long)
+    for b, s in enumerate(sequences):
+        cids[b, :len(s.completion_ids)] = torch.tensor(s.completion_ids, dtype=torch.long)
+        cmask[b, :len(s.completion_ids)] = 1
+    cids, cmask = cids.to(dev), cmask.to(dev)
+    cpos = pos[index, -1:] + 1 + torch.arange(C, device=dev)
+    out = body(input_ids=cids, attention_mask=torch.cat([att[index], cmask], dim=1), position_ids=cpos,
+               past_key_values=cache, use_cache=True)
+    states = torch.cat([last[:, None], out.last_hidden_state[:, :-1]], dim=1)        # [B, C, H]
+    sel = cmask > 0
+    return states[sel], cids[sel], sel.cpu(), head, _logit_transform(config), compute_dtype
+
+
+def _select_rows(cache, index: Tensor):
+    """The KV cache with row ``index[i]`` as row i (rows may repeat)."""
+    from unigrad.rollout.hf import _select_cache
+    try:
+        return _select_cache(cache, index)
+    except TypeError as error:
+        raise ValueError(f"{error}; this model's cache cannot be shared between sequences: set "
+                         "train.share_prompts: false") from None
+
+
+def shares_prompts(sequences: _Seq[Sequence]) -> bool:
+    """Whether some sequences have the same prompt (then ``shared_prompt_logprobs`` saves work)."""
+    return len({tuple(s.prompt_ids) for s in sequences}) < len(sequences)
+
+
+def shared_prompt_logprobs(model, sequences: _Seq[Sequence], pad_id: int, chunk_size: int = 1024,
+                           temperature: float = 1.0) -> Tensor:
+    """``token_logprobs`` of ``collate(sequences)`` computed with each distinct prompt forwarded once
+    (``shared_prompt_states``): the same [B, T] values, T = the longest completion."""
+    check_engine_args(chunk_size, temperature)
+    h, target, sel, head, transform, dtype = shared_prompt_states(model, sequences, pad_id)
+    return scatter(sel.to(h.device), chunked(_chunk_logprobs, h, target, head, transform, temperature, dtype, chunk_size))
+
+
 def reference_logprobs(model, tb: TokenBatch, chunk_size: int = 1024, temperature: float = 1.0) -> Tensor:
     """``token_logprobs`` under ``torch.inference_mode()``: a detached tensor (e.g. for a reference model).
 
@@ -273,4 +343,4 @@ def reference_logprobs(model, tb: TokenBatch, chunk_size: int = 1024, temperatur
     return lp.clone()
 
 
-__all__ = ["collate", "token_logprobs", "reference_logprobs"]
+__all__ = ["collate", "token_logprobs", "reference_logprobs", "shared_prompt_logprobs"]

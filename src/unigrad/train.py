@@ -12,7 +12,6 @@ import copy
 import hashlib
 import json
 import logging
-import math
 import random
 import time
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from unigrad.batch import Batch
 from unigrad.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from unigrad.config import ConfigError, RunConfig, to_dict
 from unigrad.data import count_truncated, load_dataset_sequences
-from unigrad.distributed import Processes, processes
+from unigrad.distributed import Processes, ShardedSampler, processes
 from unigrad.experience import (
     Experience, RolloutSource, Split, demonstration_rows, load_prompt_splits, resolve_data_path, step_units,
     with_policy_completions,
@@ -34,7 +33,8 @@ from unigrad.experience import (
 from unigrad.methods.compose import build_objective
 from unigrad.models import load_model, save_model
 from unigrad.objectives import kl_estimate
-from unigrad.policy import collate, reference_logprobs, token_logprobs
+from unigrad.optim import apply_update, check_in_backward, learning_rate, make_optimizer
+from unigrad.policy import collate, reference_logprobs, shared_prompt_logprobs, shares_prompts, token_logprobs
 
 log = logging.getLogger("unigrad")
 
@@ -46,37 +46,6 @@ PROVIDED = {
     "forget": frozenset({"group", "sign", "logp_ref", "logp_top_other"}),
     "scored": frozenset({"group", "sign", "logp_ref", "reward", "value"}),
 }
-
-
-def learning_rate(step: int, cfg) -> float:
-    """Warm-up from 0, then cosine or linear decay to ``min_lr_ratio · lr`` at the last step."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / (cfg.warmup_steps + 1)
-    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    shape = {"cosine": 0.5 * (1 + math.cos(math.pi * progress)), "linear": 1 - progress, "constant": 1.0}[cfg.schedule]
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * shape)
-
-
-def make_optimizer(params, cfg):
-    name = cfg.optimizer.lower()
-    builtin = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch.optim.SGD,
-               "rmsprop": torch.optim.RMSprop, "adagrad": torch.optim.Adagrad}
-    kwargs = {"lr": cfg.lr, "weight_decay": cfg.weight_decay}
-    if name in ("adamw", "adam"):
-        kwargs["betas"] = tuple(cfg.betas)
-        try:  # the fused kernel: on this CPU one SmolLM2 AdamW step takes 85 ms fused against 361 ms
-            return builtin[name](params, fused=True, **kwargs)
-        except (RuntimeError, TypeError, ValueError):
-            pass
-    if name in builtin:
-        return builtin[name](params, **kwargs)
-    try:
-        from pytorch_optimizer import load_optimizer
-        optimizer_class = load_optimizer(name)
-    except Exception:
-        raise ConfigError(f"train.optimizer: unknown optimizer {cfg.optimizer!r}; use one of "
-                          f"{', '.join(builtin)} or a pytorch-optimizer name (e.g. lion, adamp, sophiah)") from None
-    return optimizer_class(params, **kwargs)
 
 
 # ---------------------------------------------------------------------------- reference log-probs
@@ -184,6 +153,8 @@ class Trainer:
             from unigrad.engine_extras import token_logprobs_with_top_other
             logp, top_other = token_logprobs_with_top_other(self.model, tb, self.config.train.chunk_size)
             distilled = {"logp_top_other": top_other}
+        elif self.config.train.share_prompts and shares_prompts(sequences):  # a group's prompt forwarded once
+            logp = shared_prompt_logprobs(self.model, sequences, self.tokenizer.pad_token_id, self.config.train.chunk_size)
         else:
             logp = token_logprobs(self.model, tb, self.config.train.chunk_size)
         fields = experience.row_fields(rows, logp.shape[1])
@@ -307,12 +278,14 @@ def _load_reward(config: RunConfig):
         raise ConfigError(f"reward.function: {error}") from None
 
 
-def _sampler(config: RunConfig, model, tokenizer):
+def _sampler(config: RunConfig, model, tokenizer, procs: Processes):
     if config.rollout.sampler == "vllm":
         from unigrad.rollout.vllm import VLLMSampler
-        return VLLMSampler(model, tokenizer)
-    from unigrad.rollout.hf import HFSampler
-    return HFSampler(model, tokenizer, max_batch_size=config.rollout.max_batch_size)
+        sampler = VLLMSampler(model, tokenizer)
+    else:
+        from unigrad.rollout.hf import HFSampler
+        sampler = HFSampler(model, tokenizer, max_batch_size=config.rollout.max_batch_size)
+    return ShardedSampler(sampler, procs) if procs.world > 1 else sampler
 
 
 def optimise(trainer: Trainer, experience: Experience, whole: Batch, optimizer, params: list, procs: Processes,
@@ -337,13 +310,11 @@ def optimise(trainer: Trainer, experience: Experience, whole: Batch, optimizer, 
             for key, value in out.metrics.items():
                 metrics[key] = metrics.get(key, 0.0) + float(value) / len(mine)
         procs.sum_gradients(params)
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm if t.max_grad_norm else float("inf"))
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        grad_norm = apply_update(optimizer, params, t.max_grad_norm)
     if procs.world > 1:
         loss_sum, objective_sum, tokens = procs.sum(loss_sum), procs.sum(objective_sum), int(procs.sum(tokens))
         metrics = {key: procs.sum(value) / procs.world for key, value in sorted(metrics.items())}
-    return loss_sum, objective_sum, tokens, metrics, float(grad_norm)
+    return loss_sum, objective_sum, tokens, metrics, grad_norm
 
 
 def train(config: RunConfig, resume: bool = False, progress: bool = True) -> dict:
@@ -351,12 +322,10 @@ def train(config: RunConfig, resume: bool = False, progress: bool = True) -> dic
     checkpoint in ``output_dir`` and reaches the same result as an uninterrupted run."""
     t, online = config.train, config.data.format == "prompts"
     procs = processes()
-    if procs.world > 1 and online:
-        raise ConfigError("multi-process training of online methods (data.format: prompts) is not implemented "
-                          "yet; run it in one process")
     if t.batch_size % (procs.world * t.grad_accum):
         raise ConfigError(f"train.batch_size ({t.batch_size}) must be a multiple of processes × train.grad_accum "
                           f"({procs.world} × {t.grad_accum})")
+    check_in_backward(t, procs.world)
     out_dir = Path(config.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if t.threads:
@@ -411,12 +380,12 @@ def train(config: RunConfig, resume: bool = False, progress: bool = True) -> dic
     trainer = Trainer(config, model, tokenizer, objective, reference, device, teacher)
     if online:
         demos = demonstration_rows(train_prompts, tokenizer, config.data.max_length) if "is_demo" in objective.requires else None
-        source = RolloutSource(train_prompts, _sampler(config, model, tokenizer), reward_fn, config.rollout,
+        source = RolloutSource(train_prompts, _sampler(config, model, tokenizer, procs), reward_fn, config.rollout,
                                config.reward.fallback, demos, t.seed, config.reward.overlong_cache)
     on_policy = float(getattr(objective, "on_policy_fraction", 0.0)) if not online else 0.0
     if on_policy and reference is not None and reference.table is not None:
         raise ConfigError("method: on-policy samples need reference log-probs per batch; set reference.precompute: false")
-    policy_sampler = _sampler(config, model, tokenizer) if on_policy else None
+    policy_sampler = _sampler(config, model, tokenizer, procs) if on_policy else None
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, t)
 
