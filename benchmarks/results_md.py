@@ -257,19 +257,24 @@ WHY = """### Why the missed targets are missed
   optimiser over 134.5 M fp32 parameters (fused AdamW ~85 ms), the grad-norm clip and the dense 49152×576 embedding
   gradient are paid per step however few tokens there are, which is also why MFU is lower for SFT than for DPO. Both
   rise with larger batches.
-- **GRPO's generation is the same work on both sides** (HF forward with a KV cache, one token per step); unigrad
-  shares each prompt's prefill across its group and drops finished rows, TRL's `generate` keeps them, but the per-token
-  decode cost is the model forward either way. unigrad's gain is in the training phase (no padding, completion-only
-  head, no entropy pass); 2× on the whole step would need faster decoding (vLLM on a GPU, which this CPU run cannot use).
+- **GRPO's generation is the same work on both sides** (an HF forward with a KV cache, one token per step, its cost
+  set by reading all weights for a handful of rows); unigrad shares each prompt's prefill across its group and drops
+  finished rows, TRL's `generate` keeps them, but per generated token the decode costs about the same. unigrad's gain
+  is in the training phase: the group's prompt is forwarded once and its KV cache shared by the group's completions
+  (`train.share_prompts`), no padding, the LM head only at completion positions, no entropy pass. 2× on the whole
+  step would need faster decoding as well (vLLM on a GPU, which this CPU run cannot use).
 """
 
 CAVEATS = """### Caveats
 
 - Short runs (a few steps per process) on a 2-core VM; the per-repetition spread is shown above. A GRPO step's tokens
-  depend on its samples, which differ between the frameworks (tokens/s normalises that only partly: a batch decodes as
-  long as its longest sample).
-- MFU uses this VM's 2048² matmul peak; 6·N counts the LM head on every token although unigrad projects only
-  completion positions (it does less work than "model FLOPs" say).
+  depend on its samples, which differ between the frameworks; both are seeded, so every repetition of a side draws
+  the same samples and the completion lengths above are one draw per side, not an average (tokens/s normalises
+  for length only partly: a batch decodes as long as its longest sample). Steps whose 4 prompts all got equal
+  rewards have zero advantages (loss 0) but still do the full work.
+- MFU uses this VM's 2048² matmul peak and counts *model* FLOPs of every token of every sequence: unigrad does less
+  work than that — the LM head only at completion positions, and (DPO, GRPO) each shared prompt forwarded once for its
+  pair / group — so for it MFU measures useful work per second rather than executed FLOPs.
 - FSDP / DeepSpeed are not measured (no GPU; not supported by unigrad yet).
 """
 

@@ -132,8 +132,28 @@ def compare(trajectories: dict, start: float, axis: str) -> list[dict]:
     return table
 
 
+def summarise(paths: list[str]) -> None:
+    """For result files of several runs: at how many compared forget levels NPO's retain NLL is below GA's,
+    and the mean difference GA − NPO, on each forget axis (mean, median, min per-sequence forget NLL)."""
+    axes = (("mean forget NLL", "retain_at_equal_forget_nll"), ("median", "retain_at_equal_median_forget_nll"),
+            ("min", "retain_at_equal_min_forget_nll"))
+    print("| run | " + " | ".join(f"at equal {a}: NPO lower / mean(GA − NPO)" for a, _ in axes) + " |")
+    print("|---|" + "---|" * len(axes))
+    for path in paths:
+        result = json.loads(Path(path).read_text())
+        cells = []
+        for _, key in axes:
+            table = result[key]
+            ga, npo = list(result["trajectories"])
+            diffs = [row[ga] - row[npo] for row in table if row[ga] is not None and row[npo] is not None]
+            cells.append(f"{sum(d > 0 for d in diffs)}/{len(diffs)}, {sum(diffs) / len(diffs):+.3f}")
+        print(f"| {Path(path).stem} (β={result['args']['beta']:g}, data seed {result['args']['data_seed']}) | "
+              + " | ".join(cells) + " |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--summarise", nargs="+", metavar="RESULT_JSON", help="only summarise earlier runs' results")
     ap.add_argument("--n-forget", type=int, default=20)
     ap.add_argument("--n-retain", type=int, default=40)
     ap.add_argument("--hidden", type=int, default=128)
@@ -143,12 +163,14 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--beta", type=float, default=0.1)
-    ap.add_argument("--completion", choices=["sentence", "answer"], default="sentence",
+    ap.add_argument("--completion", choices=["sentence", "answer"], default="answer",
                     help="sentence: 'Zorbek lives in Quelmar.' (template + copied name + fact); answer: 'Quelmar.' (the fact only)")
     ap.add_argument("--data-seed", type=int, default=0)
     ap.add_argument("--workdir", default=None)
-    ap.add_argument("--out", default=str(HERE / "results" / "unlearning_toy"))
+    ap.add_argument("--out", default=str(HERE / "results" / "unlearning_toy" / "run"))
     args = ap.parse_args()
+    if args.summarise:
+        return summarise(args.summarise)
     torch.set_num_threads(1)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="unlearning_toy_"))
     work.mkdir(parents=True, exist_ok=True)

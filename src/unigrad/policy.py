@@ -228,9 +228,13 @@ def completion_states(model, tb: TokenBatch, _explicit_mask: bool | None = None)
 def chunked(chunk_fn, h: Tensor, target: Tensor, head, transform, temperature: float, compute_dtype,
             chunk_size: int) -> Tensor:
     """``chunk_fn(head, transform, temperature, compute_dtype, h_chunk, target_chunk)`` over chunks of
-    ``chunk_size`` positions, concatenated. With gradients, each chunk is checkpointed: only its hidden
-    states are kept and its full-vocabulary logits are recomputed in backward, never stored."""
-    use_ckpt = torch.is_grad_enabled() and (h.requires_grad or any(p.requires_grad for p in head.parameters()))
+    ``chunk_size`` positions, concatenated. With gradients and more than one chunk, each chunk is
+    checkpointed: only its hidden states are kept and its full-vocabulary logits are recomputed in
+    backward, so at most one chunk's logits exist at a time."""
+    # One chunk is not checkpointed: its logits would be recomputed in backward for no saving (they are
+    # the only full-vocabulary tensor either way, and nothing big is allocated between its forward and backward).
+    use_ckpt = (torch.is_grad_enabled() and h.shape[0] > chunk_size
+                and (h.requires_grad or any(p.requires_grad for p in head.parameters())))
     pieces = []
     for i in range(0, h.shape[0], chunk_size):
         args = (head, transform, float(temperature), compute_dtype, h[i:i + chunk_size], target[i:i + chunk_size])
