@@ -143,11 +143,16 @@ def summarise(paths: list[str]) -> None:
         result = json.loads(Path(path).read_text())
         cells = []
         for _, key in axes:
+            if key not in result:              # runs made before the measure existed
+                cells.append("—")
+                continue
             table = result[key]
             ga, npo = list(result["trajectories"])
             diffs = [row[ga] - row[npo] for row in table if row[ga] is not None and row[npo] is not None]
             cells.append(f"{sum(d > 0 for d in diffs)}/{len(diffs)}, {sum(diffs) / len(diffs):+.3f}")
-        print(f"| {Path(path).stem} (β={result['args']['beta']:g}, data seed {result['args']['data_seed']}) | "
+        a = result["args"]
+        print(f"| {Path(path).stem} ({a.get('completion', 'sentence')}, β={a['beta']:g}, lr {a['lr']:g}, {a['steps']} steps, "
+              f"hidden {a['hidden']}×{a['layers']}, data seed {a.get('data_seed', 0)}) | "
               + " | ".join(cells) + " |")
 
 
