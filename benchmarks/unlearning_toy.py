@@ -68,10 +68,10 @@ def make_data(path: Path, n_forget: int, n_retain: int, seed: int = 0, completio
 
 
 def config_text(model: str, data: Path, method: str, steps: int, lr: float, batch: int, out: Path,
-                save_every: int) -> str:
+                save_every: int, optimizer: str = "adamw") -> str:
     return (f"model: {json.dumps(model)}\nmethod: {method}\n"
             f"data: {{train: {json.dumps(str(data))}, format: forget, max_length: 128}}\n"
-            f"train: {{steps: {steps}, batch_size: {batch}, lr: {lr:.6e}, schedule: constant, threads: 1, "
+            f"train: {{steps: {steps}, batch_size: {batch}, lr: {lr:.6e}, optimizer: {optimizer}, schedule: constant, threads: 1, "
             f"tensorboard: false, save_every: {save_every}, keep_checkpoints: 100000, seed: 0}}\n"
             f"output_dir: {json.dumps(str(out))}\n")
 
@@ -168,6 +168,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--beta", type=float, default=0.1)
+    ap.add_argument("--optimizer", default="adamw", help="of the unlearning runs (the SFT stage always uses adamw)")
     ap.add_argument("--completion", choices=["sentence", "answer"], default="answer",
                     help="sentence: 'Zorbek lives in Quelmar.' (template + copied name + fact); answer: 'Quelmar.' (the fact only)")
     ap.add_argument("--data-seed", type=int, default=0)
@@ -203,7 +204,7 @@ def main() -> None:
     for label, method in methods.items():
         out = work / label.split("(")[0].lower()
         shutil.rmtree(out, ignore_errors=True)   # never mix checkpoints of an earlier run
-        run(config_text(str(start), data, method, args.steps, args.lr, n, out, 1))
+        run(config_text(str(start), data, method, args.steps, args.lr, n, out, 1, args.optimizer))
         trajectories[label] = trajectory(out, start, sequences)
         end = trajectories[label][-1]
         print(f"{label}: after {args.steps} steps forget NLL {end['forget']:.3f}, retain NLL {end['retain']:.3f}",

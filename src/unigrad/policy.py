@@ -296,7 +296,12 @@ def shared_prompt_states(model, sequences: _Seq[Sequence], pad_id: int):
     pos = (att.cumsum(-1) - 1).clamp(min=0)
     out = body(input_ids=ids, attention_mask=att, position_ids=pos, use_cache=True)
     index = torch.tensor(owner, device=dev)
-    cache, last = _select_rows(out.past_key_values, index), out.last_hidden_state[:, -1][index]   # per sequence
+    try:
+        cache = select_cache_rows(out.past_key_values, index)
+    except TypeError as error:
+        raise ValueError(f"{error}; this model's cache cannot be shared between sequences: set "
+                         "train.share_prompts: false") from None
+    last = out.last_hidden_state[:, -1][index]                                # per sequence
 
     B, C = len(sequences), max(1, max(len(s.completion_ids) for s in sequences))
     cids = torch.full((B, C), int(pad_id), dtype=torch.long)
@@ -313,14 +318,28 @@ def shared_prompt_states(model, sequences: _Seq[Sequence], pad_id: int):
     return states[sel], cids[sel], sel.cpu(), head, _logit_transform(config), compute_dtype
 
 
-def _select_rows(cache, index: Tensor):
-    """The KV cache with row ``index[i]`` as row i (rows may repeat)."""
-    from unigrad.rollout.hf import _select_cache
-    try:
-        return _select_cache(cache, index)
-    except TypeError as error:
-        raise ValueError(f"{error}; this model's cache cannot be shared between sequences: set "
-                         "train.share_prompts: false") from None
+def repeat_cache_rows(cache, n: int):
+    """A KV cache with each batch row repeated ``n`` times (row i → rows i·n … i·n + n − 1)."""
+    if hasattr(cache, "batch_repeat_interleave"):
+        cache.batch_repeat_interleave(n)
+        return cache
+    return _map_legacy(cache, lambda t: t.repeat_interleave(n, dim=0))
+
+
+def select_cache_rows(cache, index: Tensor):
+    """A KV cache whose row i is row ``index[i]`` of ``cache`` (rows may repeat)."""
+    if hasattr(cache, "batch_select_indices"):
+        cache.batch_select_indices(index)
+        return cache
+    return _map_legacy(cache, lambda t: t[index])
+
+
+def _map_legacy(cache, fn):
+    if isinstance(cache, (tuple, list)):
+        return type(cache)(_map_legacy(c, fn) for c in cache)
+    if isinstance(cache, Tensor):
+        return fn(cache)
+    raise TypeError(f"cannot repeat/select the rows of a {type(cache).__name__} KV cache")
 
 
 def shares_prompts(sequences: _Seq[Sequence]) -> bool:

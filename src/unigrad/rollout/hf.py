@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from unigrad.policy import _body_and_head, _logit_transform
+from unigrad.policy import _body_and_head, _logit_transform, repeat_cache_rows, select_cache_rows
 from unigrad.rollout.base import Rollouts, check_sampling_args
 
 
@@ -131,7 +131,7 @@ class HFSampler:
         out = body(input_ids=ids, attention_mask=att, position_ids=pos, use_cache=True)
         cache, h = out.past_key_values, out.last_hidden_state[:, -1]
         if share:
-            cache = _repeat_cache(cache, n)
+            cache = repeat_cache_rows(cache, n)
             h, att, pos = (x.repeat_interleave(n, dim=0) for x in (h, att, pos))
         B = P * n
         next_pos = pos[:, -1] + 1                                     # [b] position of the next token
@@ -151,7 +151,7 @@ class HFSampler:
                 break
             if bool(is_stop.any()):
                 keep = (~is_stop).nonzero().squeeze(1)
-                cache = _select_cache(cache, keep)
+                cache = select_cache_rows(cache, keep)
                 att, next_pos, tok, active = att[keep], next_pos[keep], tok[keep], active[keep]
             att = torch.cat([att, att.new_ones(att.shape[0], 1)], dim=1)
             out = body(input_ids=tok[:, None], attention_mask=att, position_ids=next_pos[:, None],
@@ -194,28 +194,6 @@ def _pick(z: Tensor, temperature: float, top_k: int, top_p: float, gen: torch.Ge
     idx = tok[:, None]
     return tok, torch.stack([logp1.gather(-1, idx).squeeze(-1), logpt.gather(-1, idx).squeeze(-1),
                              logq.gather(-1, idx).squeeze(-1)])
-
-
-def _repeat_cache(cache, n: int):
-    if hasattr(cache, "batch_repeat_interleave"):
-        cache.batch_repeat_interleave(n)
-        return cache
-    return _map_legacy(cache, lambda t: t.repeat_interleave(n, dim=0))
-
-
-def _select_cache(cache, idx: Tensor):
-    if hasattr(cache, "batch_select_indices"):
-        cache.batch_select_indices(idx)
-        return cache
-    return _map_legacy(cache, lambda t: t[idx])
-
-
-def _map_legacy(cache, fn):
-    if isinstance(cache, (tuple, list)):
-        return type(cache)(_map_legacy(c, fn) for c in cache)
-    if isinstance(cache, Tensor):
-        return fn(cache)
-    raise TypeError(f"HFSampler cannot repeat/select rows of a {type(cache).__name__} KV cache")
 
 
 def _default_stop_ids(model, tokenizer) -> list[int]:
