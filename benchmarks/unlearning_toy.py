@@ -34,8 +34,8 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 
-from safetensors.torch import load_file  # noqa: E402
 
+from unigrad.checkpoint import checkpoint_weights  # noqa: E402
 from unigrad.config import load_config  # noqa: E402
 from unigrad.data import load_dataset_sequences  # noqa: E402
 from unigrad.models import load_model, save_model, tiny_random_model, tiny_tokenizer  # noqa: E402
@@ -103,7 +103,7 @@ def trajectory(run_dir: Path, start_dir: Path, sequences) -> list[dict]:
     points = [nll(model, sequences)]
     ckpts = sorted((run_dir / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[-1]))
     for ckpt in ckpts:
-        model.load_state_dict(load_file(str(ckpt / "trainable.safetensors")), strict=False)
+        model.load_state_dict(checkpoint_weights(ckpt), strict=False)
         points.append(nll(model, sequences))
     final, _ = load_model(str(run_dir / "final"))
     points.append(nll(final, sequences))

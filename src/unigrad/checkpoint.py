@@ -2,7 +2,8 @@
 
     checkpoints/step-000012/
       model/                  HF-format folder (merged weights for LoRA): AutoModelForCausalLM loads it
-      trainable.safetensors   every trainable parameter by name (what resuming restores)
+      trainable.safetensors   every trainable parameter by name, only when not all parameters train (LoRA):
+                              with full fine-tuning resuming reads them from model/ (no second copy)
       optimizer.safetensors   optimiser state tensors; optimizer.json the rest of its state dict
       state.json              step, RNG states, config
 
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from unigrad.models import save_model
+from unigrad.models import _is_peft, save_model
 
 _STEP = re.compile(r"^step-(\d+)$")
 
@@ -71,8 +72,9 @@ def save_checkpoint(root: Path, step: int, model, tokenizer, optimizer, config: 
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     save_model(model, tokenizer, tmp / "model")
-    trainable = {name: p.detach().contiguous().cpu() for name, p in model.named_parameters() if p.requires_grad}
-    save_file(trainable, str(tmp / "trainable.safetensors"))
+    if not all(p.requires_grad for p in model.parameters()) or _is_peft(model):
+        trainable = {name: p.detach().contiguous().cpu() for name, p in model.named_parameters() if p.requires_grad}
+        save_file(trainable, str(tmp / "trainable.safetensors"))
     tensors, meta = _optimizer_state(optimizer)
     tensors["__torch_rng__"] = torch.get_rng_state()
     save_file(tensors, str(tmp / "optimizer.safetensors"))
@@ -93,16 +95,28 @@ def list_checkpoints(root: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def checkpoint_weights(folder: Path) -> dict:
+    """The trainable parameters saved in checkpoint ``folder``, by name: its trainable.safetensors, or
+    (full fine-tuning) the weights of its HF folder."""
+    if (folder / "trainable.safetensors").exists():
+        return load_file(str(folder / "trainable.safetensors"))
+    tensors = {}
+    for shard in sorted((folder / "model").glob("*.safetensors")):
+        tensors.update(load_file(str(shard)))
+    return tensors
+
+
 def load_checkpoint(folder: Path, model, optimizer) -> int:
     """Restore parameters, optimiser and RNG state from ``folder``; returns its step."""
-    trainable = load_file(str(folder / "trainable.safetensors"))
+    trainable = checkpoint_weights(folder)
     params = dict(model.named_parameters())
     missing = [name for name, p in params.items() if p.requires_grad and name not in trainable]
     if missing:
         raise ValueError(f"checkpoint {folder} does not match this model (missing {missing[:3]}...)")
     with torch.no_grad():
         for name, value in trainable.items():
-            params[name].copy_(value)
+            if name in params and params[name].requires_grad:
+                params[name].copy_(value)
     _load_optimizer_state(optimizer, folder)
     state = json.loads((folder / "state.json").read_text())
     _set_rng_state(state["rng"], load_file(str(folder / "optimizer.safetensors"))["__torch_rng__"])
