@@ -189,11 +189,21 @@ def _pick(z: Tensor, temperature: float, top_k: int, top_p: float, gen: torch.Ge
         drop_sorted[:, 0] = False
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         masked = masked.masked_fill(drop, float("-inf"))
-    logq = torch.log_softmax(masked, dim=-1)
-    tok = torch.multinomial(logq.exp(), 1, generator=gen).squeeze(-1)
+    logq = torch.log_softmax(masked, dim=-1) if masked is not zt else logpt
+    tok = _inverse_cdf_sample(logq.exp(), gen)
     idx = tok[:, None]
     return tok, torch.stack([logp1.gather(-1, idx).squeeze(-1), logpt.gather(-1, idx).squeeze(-1),
                              logq.gather(-1, idx).squeeze(-1)])
+
+
+def _inverse_cdf_sample(probs: Tensor, gen: torch.Generator) -> Tensor:
+    """One token per row of ``probs`` [b, V], drawn by inverting the row's CDF with one uniform number:
+    the first token whose cumulative mass exceeds u·total. The same distribution as
+    ``torch.multinomial(probs, 1)``, whose CPU kernel draws V exponentials per row (on this machine
+    ~15% of a GRPO rollout's time); zero-probability tokens are never drawn (``right=True``)."""
+    cdf = probs.double().cumsum(-1)
+    u = torch.rand(probs.shape[0], 1, generator=gen, device=probs.device, dtype=torch.float64) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u, right=True).clamp(max=probs.shape[-1] - 1).squeeze(-1)
 
 
 def _default_stop_ids(model, tokenizer) -> list[int]:
