@@ -277,6 +277,9 @@ CAVEATS = """### Caveats
   the same samples and the completion lengths above are one draw per side, not an average (tokens/s normalises
   for length only partly: a batch decodes as long as its longest sample). Steps whose 4 prompts all got equal
   rewards have zero advantages (loss 0) but still do the full work.
+- Run-to-run spread between whole `run.py` invocations is larger than within one: over three full runs on 2026-11-23
+  TRL's medians moved by up to ~20% (DPO 140–177 tok/s), unigrad's by ~5%, so the ratios moved too (SFT
+  1.28–1.39×, DPO 1.50–1.82×). Read the ratios to about ±0.15.
 - MFU uses this VM's 2048² matmul peak and counts *model* FLOPs of every token of every sequence: unigrad does less
   work than that — the LM head only at completion positions, and (DPO, GRPO) each shared prompt forwarded once for its
   pair / group — so for it MFU measures useful work per second rather than executed FLOPs.
