@@ -1,6 +1,7 @@
 """unigrad vs TRL: SFT, DPO and GRPO on SmolLM2-135M-Instruct, float32, CPU. One command:
 
-    .venv/bin/python benchmarks/run.py [--reps 3] [--steps 6] [--batch 4] [--methods sft dpo grpo] [--threads N]
+    .venv/bin/python benchmarks/run.py [--reps 3] [--steps 6] [--grpo-steps 4] [--batch 4]
+                                       [--methods sft dpo grpo sft-noclip] [--threads N] [--no-markdown]
 
 Needs the project venv (.venv, runs unigrad and this script) and a TRL venv (.venv-bench, see
 benchmarks/RESULTS.md). For each method: unigrad's own tokenisation of the shipped data is exported
@@ -9,7 +10,9 @@ then unigrad and TRL run alternately, one fresh process per repetition. Each chi
 time of every optimiser step (end of step to end of step), its losses and its peak RSS; the first
 step (warm-up) is not timed. Tokens per step = prompt + completion tokens of every sequence in the
 step (a DPO pair counts both prompt+chosen and prompt+rejected), the same count for both frameworks.
-Writes benchmarks/results/trl_compare.json and prints a Markdown table of medians and ratios.
+Writes benchmarks/results/trl_compare.json and prints a Markdown table of medians and ratios; then, in
+the same invocation, benchmarks/mfu.py (matmul peak, MFU) and benchmarks/bench_profile.py (profile of a
+unigrad SFT step), and benchmarks/results_md.py renders benchmarks/RESULTS.md from all of it (~17 min here).
 
 GRPO (``--methods grpo``): one step = generation + reward + training of BATCH prompts × 4 samples
 (max 64 new tokens, temperature 1) of unigrad's built-in arithmetic task; unigrad's prompt ids are
