@@ -271,7 +271,8 @@ def shared_prompt_states(model, sequences: _Seq[Sequence], pad_id: int):
     """``completion_states`` for sequences that share prompts (a GRPO group, a DPO pair): each distinct
     prompt runs through the body once and its key/value cache serves every completion of that prompt,
     so a prompt of length P with n completions costs P body tokens instead of n·P. Gradients flow into
-    the prompt through the shared cache. Exactly the forward of the sequences one by one.
+    the prompt through the shared cache. The same values as the forward of the sequences one by one;
+    gradients equal up to rounding order (a prompt's gradients are summed before its backward, not after).
 
     Layout: distinct prompts left-padded (positions count real tokens only); completions right-padded
     and positioned after their prompt. The state predicting completion token 0 is the prompt's last

@@ -37,9 +37,9 @@ def test_shared_prompt_forward_equals_the_packed_forward(prompt_lengths, per_pro
     g_packed = torch.autograd.grad((packed * weights).sum(), params)
     g_shared = torch.autograd.grad((shared_prompt_logprobs(model, sequences, PAD) * weights).sum(), params)
     for a, b in zip(g_packed, g_shared):
-        # float64, yet only to ~1e-7 relative (measured 1.2e-7 with a repeated cache row; with one completion
-        # per prompt 5e-16, and packed vs one-by-one 6e-16): the cause is not found; it is below float32
-        # training precision
+        # float64, yet only to ~1e-7 relative: HF's LlamaRMSNorm computes in float32 whatever the model's
+        # dtype, and the shared path sums a prompt's gradients from its completions before that float32
+        # backward where the packed path sums them after (with one completion per prompt: 5e-16)
         assert float((a - b).abs().max()) <= 1e-6 * float(a.abs().max()) + 1e-12
 
 
