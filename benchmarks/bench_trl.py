@@ -9,15 +9,13 @@ so both frameworks see exactly the same token ids in the same batches. TRL reads
 grpo: DATA_JSON holds the prompts (text, answer and unigrad's prompt token ids) in unigrad's step
 order; TRL gets them as conversational prompts (it applies the same chat template; the ids it ends
 up with are reported per step and checked by run.py) and BATCH prompts × 4 generations per step.
-The reward is unigrad's ``numeric_match``, copied below (nothing is imported from unigrad here).
+The reward is unigrad's ``numeric_match``, loaded from its file (the unigrad package is not imported here).
 With REPLAY_JSON (step 1's rollouts of a unigrad run) TRL's generation is replaced by those
 completion ids: its first-step loss and gradient norm can then be compared with unigrad's.
 """
 from __future__ import annotations
 
 import json
-import math
-import re
 import resource
 import sys
 import time
@@ -43,87 +41,25 @@ def install_step_hook() -> None:
     torch.optim.AdamW.__init__ = init
 
 
-# ---- unigrad's numeric_match reward (src/unigrad/rewards/verifiable.py: extract_answer, parse_number,
-# numeric_match), copied verbatim so that the TRL venv imports nothing from unigrad.
-
-_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
-_NUM = r"(?:(?<![\w)\]}])[-−+])?(?:\d+(?:,\d{3})*(?:\.\d+)?|\.\d+)"
-_FRAC_TEX = re.compile(r"(-?)\\d?frac\s*\{\s*(" + _NUM + r")\s*\}\s*\{\s*(" + _NUM + r")\s*\}")
-_FRAC = re.compile(r"(" + _NUM + r")\s*/\s*(" + _NUM + r")(?![\d.])")
-_NUMBER = re.compile(_NUM + r"(?:[eE][-+]?\d+)?")
-
-
-def boxed_content(text: str) -> str | None:
-    starts = [m.end() for m in re.finditer(r"\\(?:boxed|fbox)\s*\{", text)]
-    for start in reversed(starts):
-        depth = 1
-        for i in range(start, len(text)):
-            if text[i] == "{":
-                depth += 1
-            elif text[i] == "}":
-                depth -= 1
-                if depth == 0:
-                    return text[start:i]
-    return None
+def _verifiable_rewards():
+    """unigrad's src/unigrad/rewards/verifiable.py, loaded from its file: it needs only the standard
+    library, so the TRL venv runs the very same ``numeric_match`` without importing the unigrad package."""
+    import importlib.util
+    path = Path(__file__).resolve().parents[1] / "src" / "unigrad" / "rewards" / "verifiable.py"
+    spec = importlib.util.spec_from_file_location("unigrad_verifiable_rewards", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def extract_answer(text: str) -> str | None:
-    tags = _TAG.findall(text)
-    if tags:
-        return tags[-1].strip()
-    boxed = boxed_content(text)
-    if boxed is not None:
-        return boxed.strip()
-    matches = list(_FRAC.finditer(text)) + list(_NUMBER.finditer(text))
-    if not matches:
-        return None
-    return max(matches, key=lambda m: (m.end(), -m.start())).group(0)
-
-
-def _to_float(s: str) -> float:
-    return float(s.replace(",", "").replace("−", "-"))
-
-
-def parse_number(text: str | None) -> float | None:
-    if text is None:
-        return None
-    candidates: list[tuple[int, float]] = []
-    spans: list[tuple[int, int]] = []
-    for m in _FRAC_TEX.finditer(text):
-        den = _to_float(m.group(3))
-        value = _to_float(m.group(2)) / den if den != 0 else math.nan
-        candidates.append((m.start(), -value if m.group(1) else value))
-        spans.append(m.span())
-    for m in _FRAC.finditer(text):
-        if any(a <= m.start() < b for a, b in spans):
-            continue
-        den = _to_float(m.group(2))
-        candidates.append((m.start(), _to_float(m.group(1)) / den if den != 0 else math.nan))
-        spans.append(m.span())
-    for m in _NUMBER.finditer(text):
-        if any(a <= m.start() < b for a, b in spans):
-            continue
-        candidates.append((m.start(), _to_float(m.group(0))))
-    if not candidates:
-        return None
-    return max(candidates, key=lambda c: c[0])[1]
-
-
-def numeric_match(completion: str, answer: str | None, tolerance: float = 1e-6) -> float:
-    ref = parse_number(str(answer)) if answer is not None else None
-    if ref is None:
-        raise ValueError(f"numeric_match needs a numeric reference answer, got {answer!r}")
-    pred = parse_number(extract_answer(completion))
-    if pred is None or not math.isfinite(pred):
-        return 0.0
-    return 1.0 if abs(pred - ref) <= tolerance * max(1.0, abs(ref)) else 0.0
+_REWARDS = _verifiable_rewards()
 
 
 def numeric_match_reward(prompts, completions, answer, **kwargs) -> list[float]:
     """TRL reward function: completions are [{"role": "assistant", "content": text}] for conversational
     prompts, text decoded with skip_special_tokens=True (as unigrad's Rollouts.texts)."""
     texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
-    return [numeric_match(text, a) for text, a in zip(texts, answer)]
+    return [_REWARDS.numeric_match("", text, a) for text, a in zip(texts, answer)]
 
 
 GRPO_GENERATIONS = 4        # as bench_unigrad.py

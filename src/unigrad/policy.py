@@ -287,14 +287,7 @@ def shared_prompt_states(model, sequences: _Seq[Sequence], pad_id: int):
     prompts = list(first_of)
     if any(len(p) == 0 for p in prompts):
         raise ValueError("a sequence has an empty prompt; shared-prompt forward needs at least one prompt token")
-    U, P = len(prompts), max(len(p) for p in prompts)
-    ids = torch.full((U, P), int(pad_id), dtype=torch.long)
-    att = torch.zeros((U, P), dtype=torch.long)
-    for u, p in enumerate(prompts):
-        ids[u, P - len(p):] = torch.tensor(p, dtype=torch.long)
-        att[u, P - len(p):] = 1
-    ids, att = ids.to(dev), att.to(dev)
-    pos = (att.cumsum(-1) - 1).clamp(min=0)
+    ids, att, pos = left_padded(prompts, pad_id, dev)
     out = body(input_ids=ids, attention_mask=att, position_ids=pos, use_cache=True)
     index = torch.tensor(owner, device=dev)
     try:
@@ -317,6 +310,19 @@ def shared_prompt_states(model, sequences: _Seq[Sequence], pad_id: int):
     states = torch.cat([last[:, None], out.last_hidden_state[:, :-1]], dim=1)        # [B, C, H]
     sel = cmask > 0
     return states[sel], cids[sel], sel.cpu(), head, _logit_transform(config), compute_dtype
+
+
+def left_padded(prompts, pad_id: int, device) -> tuple[Tensor, Tensor, Tensor]:
+    """Prompts as one left-padded batch, ready for a prefill whose last column is every prompt's last
+    token: input ids, attention mask (0 on padding) and position ids counting real tokens only."""
+    P = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), P), int(pad_id), dtype=torch.long)
+    att = torch.zeros((len(prompts), P), dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        ids[row, P - len(prompt):] = torch.tensor(list(prompt), dtype=torch.long)
+        att[row, P - len(prompt):] = 1
+    ids, att = ids.to(device), att.to(device)
+    return ids, att, (att.cumsum(-1) - 1).clamp(min=0)
 
 
 def repeat_cache_rows(cache, n: int):

@@ -89,6 +89,12 @@ _KD_REQUIRES = frozenset({"logp", "mask", "student_logp_topk", "teacher_logp_top
 _BUCKET_REQUIRES = frozenset({"student_logp_rest", "teacher_logp_rest"})
 
 
+def _support_requires(support: str) -> frozenset[str]:
+    """The fields a divergence over ``support`` reads: the top-k log-probs, and the rest-of-vocabulary
+    bucket when ``support == "bucket"``."""
+    return _KD_REQUIRES | (_BUCKET_REQUIRES if support == "bucket" else frozenset())
+
+
 def generalised_jsd(log_s: Tensor, log_t: Tensor, valid: Tensor, beta: float) -> Tensor:
     """GKD's JSD(β) per row: β KL(p_T ‖ m) + (1 − β) KL(p_S ‖ m), m = β p_T + (1 − β) p_S;
     β = 0 → KL(p_T ‖ p_S) (forward), β = 1 → KL(p_S ‖ p_T) (reverse), as TRL's ``generalized_jsd_loss``."""
@@ -126,7 +132,7 @@ class TokenDivergence:
 
     @property
     def requires(self) -> frozenset[str]:
-        return _KD_REQUIRES | (_BUCKET_REQUIRES if self.support == "bucket" else frozenset())
+        return _support_requires(self.support)
 
     def loss(self, batch: Batch) -> Output:
         log_s, log_t, valid, weight = _token_distributions(batch, self.support)
@@ -153,7 +159,7 @@ class BalancedKD:
 
     @property
     def requires(self) -> frozenset[str]:
-        return _KD_REQUIRES | (_BUCKET_REQUIRES if self.support == "bucket" else frozenset())
+        return _support_requires(self.support)
 
     def loss(self, batch: Batch) -> Output:
         log_s, log_t, valid, weight = _token_distributions(batch, self.support)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from unigrad.policy import _body_and_head, _logit_transform, repeat_cache_rows, select_cache_rows
+from unigrad.policy import _body_and_head, _logit_transform, left_padded, repeat_cache_rows, select_cache_rows
 from unigrad.rollout.base import Rollouts, check_sampling_args
 
 
@@ -116,14 +116,8 @@ class HFSampler:
         compute_dtype = torch.promote_types(param.dtype, torch.float32)
         stop = torch.tensor(self.stop_token_ids, device=dev)
 
-        P, L = len(prompts), max(len(p) for p in prompts)
-        ids = torch.full((P, L), self.pad_token_id, dtype=torch.long)
-        att = torch.zeros((P, L), dtype=torch.long)
-        for i, p in enumerate(prompts):
-            ids[i, L - len(p):] = torch.tensor(p, dtype=torch.long)
-            att[i, L - len(p):] = 1
-        ids, att = ids.to(dev), att.to(dev)
-        pos = (att.cumsum(-1) - 1).clamp(min=0)
+        P = len(prompts)
+        ids, att, pos = left_padded(prompts, self.pad_token_id, dev)
         share = self.share_prefill and n > 1
         if not share and n > 1:
             ids, att, pos = (x.repeat_interleave(n, dim=0) for x in (ids, att, pos))
