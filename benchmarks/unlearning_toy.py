@@ -5,13 +5,15 @@
 1. Data: synthetic "facts" about made-up people, written in the ``forget`` format,
    ``--n-forget`` (20) forget rows and ``--n-retain`` (40) retain rows, same template:
        prompt "Where does Zorbek live?"  ->  completion "Zorbek lives in Quelmar."
-2. A tiny byte-level Llama (``tiny_random_model(hidden, layers)``) is fine-tuned with ``sft`` on all
+2. A tiny byte-level Llama (``tiny_random_model(hidden, layers)``), or with ``--model`` a real one
+   (``--model smollm2-135m-instruct``: the pretrained model with its tokenizer and chat template), is fine-tuned with ``sft`` on all
    rows (``data.format: forget``, full batch, AdamW, constant lr ``--sft-lr``) through
    ``unigrad.train.train`` until it has memorised both sets.
 3. From that checkpoint GA (``ga``) and NPO (``npo``, β = ``--beta``; the NPO paper's value on TOFU
-   is 0.1) run through ``unigrad.train.train`` with the SAME lr, steps, batch (every row each step;
-   both objectives use only the forget rows) and clipping; a checkpoint every step.
-4. Each checkpoint is scored: forget-set and retain-set NLL (per-token mean over completion tokens).
+   is 0.1) run through ``unigrad.train.train`` with the SAME lr, steps, batch (every forget row each
+   step; neither objective has a retain term, so the retain rows are left out of its data) and clipping.
+4. The policy is scored at the start and after every update (the loop's ``apply_update`` is wrapped;
+   nothing is written per step): forget-set and retain-set NLL (per-token mean over completion tokens).
    At common forget-NLL levels each trajectory is linearly interpolated (first crossing) and the
    retain NLLs compared: the NPO paper's claim is that NPO keeps retain NLL lower than GA does at the
    same amount of forgetting (GA collapses the model).
@@ -35,7 +37,6 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 
 
-from unigrad.checkpoint import checkpoint_weights  # noqa: E402
 from unigrad.config import load_config  # noqa: E402
 from unigrad.data import load_dataset_sequences  # noqa: E402
 from unigrad.models import load_model, save_model, tiny_random_model, tiny_tokenizer  # noqa: E402
@@ -68,10 +69,10 @@ def make_data(path: Path, n_forget: int, n_retain: int, seed: int = 0, completio
 
 
 def config_text(model: str, data: Path, method: str, steps: int, lr: float, batch: int, out: Path,
-                save_every: int, optimizer: str = "adamw") -> str:
+                save_every: int, optimizer: str = "adamw", threads: int = 1) -> str:
     return (f"model: {json.dumps(model)}\nmethod: {method}\n"
             f"data: {{train: {json.dumps(str(data))}, format: forget, max_length: 128}}\n"
-            f"train: {{steps: {steps}, batch_size: {batch}, lr: {lr:.6e}, optimizer: {optimizer}, schedule: constant, threads: 1, "
+            f"train: {{steps: {steps}, batch_size: {batch}, lr: {lr:.6e}, optimizer: {optimizer}, schedule: constant, threads: {threads}, "
             f"tensorboard: false, save_every: {save_every}, keep_checkpoints: 100000, seed: 0}}\n"
             f"output_dir: {json.dumps(str(out))}\n")
 
@@ -80,13 +81,44 @@ def run(text: str) -> dict:
     return train(load_config(None, text=text), progress=False)
 
 
+def run_scored(text: str, sequences, pad_id: int) -> list[dict]:
+    """Train through ``unigrad.train.train`` and score the policy at the start and after every update.
+
+    The loop is not changed: its ``load_model`` and ``apply_update`` are wrapped for the run, so no
+    checkpoint per step is written (a 135M model's would fill the disk)."""
+    import unigrad.train as loop
+    load, update, held, points = loop.load_model, loop.apply_update, {}, []
+
+    def load_and_score(*args, **kwargs):
+        model, tokenizer = load(*args, **kwargs)
+        if "policy" not in held:             # the first model loaded is the policy
+            held["policy"] = model
+            points.append(nll(model, sequences, pad_id))
+        return model, tokenizer
+
+    def update_and_score(*args, **kwargs):
+        norm = update(*args, **kwargs)
+        points.append(nll(held["policy"], sequences, pad_id))
+        return norm
+
+    loop.load_model, loop.apply_update = load_and_score, update_and_score
+    try:
+        run(text)
+    finally:
+        loop.load_model, loop.apply_update = load, update
+    return points
+
+
 @torch.no_grad()
-def nll(model, sequences) -> dict:
+def nll(model, sequences, pad_id: int) -> dict:
     """Forget / retain NLL: per-token mean over each side's completion tokens (``forget``, ``retain``),
     and the smallest / median per-sequence forget NLL (``forget_min``: every forget fact is at least
     this forgotten; ``forget_median``)."""
-    tb = collate(sequences, pad_id=258)
+    was_training = model.training
+    model.eval()
+    tb = collate(sequences, pad_id=pad_id)
     logp = token_logprobs(model, tb)
+    model.train(was_training)
     mask = tb.completion_mask
     out = {}
     for side, name in ((-1.0, "forget"), (1.0, "retain")):
@@ -96,18 +128,6 @@ def nll(model, sequences) -> dict:
     per_sequence = -(logp * mask).sum(1)[rows] / mask.sum(1)[rows]
     out["forget_min"], out["forget_median"] = float(per_sequence.min()), float(per_sequence.median())
     return out
-
-
-def trajectory(run_dir: Path, start_dir: Path, sequences) -> list[dict]:
-    model, _ = load_model(str(start_dir))
-    points = [nll(model, sequences)]
-    ckpts = sorted((run_dir / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[-1]))
-    for ckpt in ckpts:
-        model.load_state_dict(checkpoint_weights(ckpt), strict=False)
-        points.append(nll(model, sequences))
-    final, _ = load_model(str(run_dir / "final"))
-    points.append(nll(final, sequences))
-    return points
 
 
 def retain_at(points: list[dict], level: float, axis: str = "forget") -> float | None:
@@ -151,8 +171,9 @@ def summarise(paths: list[str]) -> None:
             diffs = [row[ga] - row[npo] for row in table if row[ga] is not None and row[npo] is not None]
             cells.append(f"{sum(d > 0 for d in diffs)}/{len(diffs)}, {sum(diffs) / len(diffs):+.3f}")
         a = result["args"]
+        model = a.get("model") or f"hidden {a['hidden']}×{a['layers']}"
         print(f"| {Path(path).stem} ({a.get('completion', 'sentence')}, β={a['beta']:g}, lr {a['lr']:g}, {a['steps']} steps, "
-              f"hidden {a['hidden']}×{a['layers']}, data seed {a.get('data_seed', 0)}) | "
+              f"{model}, data seed {a.get('data_seed', 0)}) | "
               + " | ".join(cells) + " |")
 
 
@@ -161,6 +182,10 @@ def main() -> None:
     ap.add_argument("--summarise", nargs="+", metavar="RESULT_JSON", help="only summarise earlier runs' results")
     ap.add_argument("--n-forget", type=int, default=20)
     ap.add_argument("--n-retain", type=int, default=40)
+    ap.add_argument("--model", default=None,
+                    help="a model name or folder to fine-tune instead of the tiny random byte-level model "
+                         "(e.g. smollm2-135m-instruct: the pretrained model, its tokenizer and chat template)")
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--sft-steps", type=int, default=400)
@@ -177,35 +202,49 @@ def main() -> None:
     args = ap.parse_args()
     if args.summarise:
         return summarise(args.summarise)
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="unlearning_toy_"))
     work.mkdir(parents=True, exist_ok=True)
     data = work / "facts.jsonl"
     make_data(data, args.n_forget, args.n_retain, args.data_seed, args.completion)
     n = args.n_forget + args.n_retain
-    tokenizer = tiny_tokenizer()
-    sequences = load_dataset_sequences(str(data), "forget", tokenizer, 128)
 
     t0 = time.perf_counter()
-    base = work / "base"
-    if not (base / "config.json").exists():
-        save_model(tiny_random_model(seed=0, hidden=args.hidden, layers=args.layers, tokenizer=tokenizer), tokenizer, base)
+    if args.model:
+        base_model, tokenizer = load_model(args.model)
+        base = args.model
+        del base_model
+    else:
+        tokenizer = tiny_tokenizer()
+        base = work / "base"
+        if not (base / "config.json").exists():
+            save_model(tiny_random_model(seed=0, hidden=args.hidden, layers=args.layers, tokenizer=tokenizer),
+                       tokenizer, base)
+    sequences = load_dataset_sequences(str(data), "forget", tokenizer, 128)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     sft_dir = work / "sft"
     if not (sft_dir / "final" / "config.json").exists():
-        run(config_text(str(base), data, "{name: sft}", args.sft_steps, args.sft_lr, n, sft_dir, 0))
+        run(config_text(str(base), data, "{name: sft}", args.sft_steps, args.sft_lr, n, sft_dir, 0,
+                        threads=args.threads))
     start = sft_dir / "final"
     sft_model, _ = load_model(str(start))
-    at_sft = nll(sft_model, sequences)
+    at_sft = nll(sft_model, sequences, pad_id)
+    del sft_model
     print(f"after SFT ({args.sft_steps} steps, {time.perf_counter() - t0:.0f}s): forget NLL {at_sft['forget']:.4f}, "
           f"retain NLL {at_sft['retain']:.4f}", flush=True)
 
+    # GA and NPO (no retain term) read only the forget rows: no forward on rows that weigh nothing
+    forget_data = work / "forget.jsonl"
+    forget_data.write_text("".join(line + "\n" for line in data.read_text().splitlines()
+                                   if json.loads(line)["split"] == "forget"))
     methods = {"GA": "{name: ga}", f"NPO(beta={args.beta:g})": f"{{name: npo, beta: {args.beta:.6e}}}"}
     trajectories = {}
     for label, method in methods.items():
         out = work / label.split("(")[0].lower()
         shutil.rmtree(out, ignore_errors=True)   # never mix checkpoints of an earlier run
-        run(config_text(str(start), data, method, args.steps, args.lr, n, out, 1, args.optimizer))
-        trajectories[label] = trajectory(out, start, sequences)
+        trajectories[label] = run_scored(config_text(str(start), forget_data, method, args.steps, args.lr,
+                                                     args.n_forget, out, 0,
+                                                     args.optimizer, args.threads), sequences, pad_id)
         end = trajectories[label][-1]
         print(f"{label}: after {args.steps} steps forget NLL {end['forget']:.3f}, retain NLL {end['retain']:.3f}",
               flush=True)

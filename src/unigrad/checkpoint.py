@@ -28,8 +28,7 @@ from unigrad.models import _is_peft, save_model
 _STEP = re.compile(r"^step-(\d+)$")
 
 
-def _optimizer_state(optimizer) -> tuple[dict, dict]:
-    state = optimizer.state_dict()
+def _optimizer_state(state: dict) -> tuple[dict, dict]:
     tensors, meta = {}, {"param_groups": state["param_groups"], "state": {}}
     for pid, entries in state["state"].items():
         meta["state"][str(pid)] = {}
@@ -42,12 +41,12 @@ def _optimizer_state(optimizer) -> tuple[dict, dict]:
     return tensors, meta
 
 
-def _load_optimizer_state(optimizer, folder: Path) -> None:
+def _read_optimizer_state(folder: Path) -> dict:
     tensors = load_file(str(folder / "optimizer.safetensors"))
     meta = json.loads((folder / "optimizer.json").read_text())
     state = {int(pid): {key: (tensors[v["tensor"]] if "tensor" in v else v["value"]) for key, v in entries.items()}
              for pid, entries in meta["state"].items()}
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    return {"state": state, "param_groups": meta["param_groups"]}
 
 
 def _rng_state() -> dict:
@@ -65,17 +64,20 @@ def _set_rng_state(state: dict, torch_state: torch.Tensor) -> None:
     torch.set_rng_state(torch_state)
 
 
-def save_checkpoint(root: Path, step: int, model, tokenizer, optimizer, config: dict, keep: int) -> Path:
+def save_checkpoint(root: Path, step: int, model, tokenizer, optimizer_state: dict, config: dict, keep: int,
+                    weights: dict | None = None) -> Path:
+    """Write checkpoint ``step`` of ``model`` (or of ``weights``, full tensors by name, when the model is
+    sharded over processes) with the optimiser's ``state_dict()``-layout state; keep the last ``keep``."""
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:06d}"
     tmp = root / f".tmp-step-{step:06d}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_model(model, tokenizer, tmp / "model")
+    save_model(model, tokenizer, tmp / "model", weights)
     if not all(p.requires_grad for p in model.parameters()) or _is_peft(model):
         trainable = {name: p.detach().contiguous().cpu() for name, p in model.named_parameters() if p.requires_grad}
         save_file(trainable, str(tmp / "trainable.safetensors"))
-    tensors, meta = _optimizer_state(optimizer)
+    tensors, meta = _optimizer_state(optimizer_state)
     tensors["__torch_rng__"] = torch.get_rng_state()
     save_file(tensors, str(tmp / "optimizer.safetensors"))
     (tmp / "optimizer.json").write_text(json.dumps(meta))
@@ -106,18 +108,16 @@ def checkpoint_weights(folder: Path) -> dict:
     return tensors
 
 
-def load_checkpoint(folder: Path, model, optimizer) -> int:
-    """Restore parameters, optimiser and RNG state from ``folder``; returns its step."""
+def load_checkpoint(folder: Path, model, optimizer, layout=None) -> int:
+    """Restore parameters, optimiser and RNG state from ``folder``; returns its step. ``layout``: how the
+    processes hold the model (``distributed.Replicated`` or ``Sharded``; default: whole in this process)."""
+    from unigrad.distributed import Processes, Replicated
     trainable = checkpoint_weights(folder)
     params = dict(model.named_parameters())
     missing = [name for name, p in params.items() if p.requires_grad and name not in trainable]
     if missing:
         raise ValueError(f"checkpoint {folder} does not match this model (missing {missing[:3]}...)")
-    with torch.no_grad():
-        for name, value in trainable.items():
-            if name in params and params[name].requires_grad:
-                params[name].copy_(value)
-    _load_optimizer_state(optimizer, folder)
+    (layout or Replicated(Processes())).load_full_state(model, optimizer, trainable, _read_optimizer_state(folder))
     state = json.loads((folder / "state.json").read_text())
     _set_rng_state(state["rng"], load_file(str(folder / "optimizer.safetensors"))["__torch_rng__"])
     return int(state["step"])

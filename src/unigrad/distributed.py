@@ -9,6 +9,15 @@ batch b give the same update as one process × batch P·b.
 Launch with ``torchrun --nproc_per_node P -m unigrad train CONFIG`` or
 ``accelerate launch --num_processes P -m unigrad train CONFIG`` (or ``unigrad train --nproc P``):
 both set RANK / WORLD_SIZE, and the process group uses gloo on CPU, NCCL on GPUs.
+
+Two ways to hold the model (``layout``), both behind the same interface, so the loop never asks which:
+- ``Replicated``: every process holds the whole model; one flat all-reduce sums the gradients;
+- ``Sharded`` (``train.fsdp: true``, or ``accelerate launch --use_fsdp``): PyTorch FSDP2
+  (``fully_shard``) — parameters, gradients and optimiser state split over processes, each decoder
+  layer gathered only while it runs; gradients are reduce-scattered as sums in backward.
+The model is called through ``Engine``, a module whose forward is any log-prob function of the model,
+so that FSDP's root hooks gather the embedding, final norm and (tied) LM head around the whole
+computation, which calls the body and the head separately.
 """
 from __future__ import annotations
 
@@ -32,7 +41,8 @@ class Processes:
         """The sum of a number over processes."""
         if self.world == 1:
             return value
-        tensor = torch.tensor([float(value)], dtype=torch.float64)
+        device = "cuda" if dist.get_backend() == "nccl" else "cpu"   # NCCL reduces only GPU tensors
+        tensor = torch.tensor([float(value)], dtype=torch.float64, device=device)
         dist.all_reduce(tensor)
         return float(tensor[0])
 
@@ -112,12 +122,143 @@ class ShardedSampler:
         return concat_rollouts([part for part in self.procs.gather(local) if part is not None])
 
 
+class Engine(torch.nn.Module):
+    """``engine(fn, *args)`` = ``fn(model, *args)``, run as this module's forward (see the module doc)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, fn, *args, **kwargs):
+        return fn(self.model, *args, **kwargs)
+
+
+@dataclass(frozen=True)
+class Replicated:
+    """Every process holds the whole model; gradients are summed in one all-reduce after backward."""
+    procs: Processes
+
+    def prepare(self, model) -> Engine:
+        return Engine(model)
+
+    def reduce_gradients(self, params: list) -> None:
+        self.procs.sum_gradients(params)
+
+    def agree(self, flag: bool) -> bool:
+        """Whether to take a path that must be the same on every process (only sharded layouts care)."""
+        return flag
+
+    def full_weights(self, model) -> None:
+        """None: the model itself holds them whole."""
+        return None
+
+    def full_optimizer_state(self, model, optimizer) -> dict:
+        return optimizer.state_dict()
+
+    def load_full_state(self, model, optimizer, weights: dict, optimizer_state: dict | None) -> None:
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, value in weights.items():
+                if name in params and params[name].requires_grad:
+                    params[name].copy_(value)
+        if optimizer_state is not None:
+            optimizer.load_state_dict(optimizer_state)
+
+
+@dataclass(frozen=True)
+class Sharded:
+    """FSDP2: each of the model's repeated blocks (its ``_no_split_modules``, e.g. the decoder layers)
+    is one shard group, the rest (embedding, final norm, LM head) the root group around ``Engine``.
+    Each process backprops its share of the step with the loss already divided by the whole step's
+    counts, so the reduce-scatter sums (divide factor 1, sum-only collectives: gloo has no pre-scaled
+    sum); the optimiser updates each process's shard. Checkpoints hold full tensors, in the same
+    layout as one process's, so a run resumes on any number of processes.
+
+    Every process must run the same sequence of layer calls (each is a collective), so a path that
+    depends on the data (the shared-prompt forward) is taken when any process would take it (``agree``)."""
+    procs: Processes
+    reshard_after_forward: bool = True
+
+    def prepare(self, model) -> Engine:
+        from torch.distributed.fsdp import fully_shard
+        blocks = set(getattr(model, "_no_split_modules", None) or [])
+        if not blocks:
+            raise ValueError(f"FSDP: {type(model).__name__} names no repeated blocks (_no_split_modules) to shard")
+        engine = Engine(model)
+        units = [module for module in model.modules() if type(module).__name__ in blocks]
+        for module in units:
+            fully_shard(module, reshard_after_forward=self.reshard_after_forward)
+        fully_shard(engine, reshard_after_forward=False)
+        for unit in [*units, engine]:
+            unit.set_gradient_divide_factor(1.0)
+            unit.set_force_sum_reduction_for_comms(True)
+        return engine
+
+    def reduce_gradients(self, params: list) -> None:
+        """Nothing left to do: backward reduce-scattered the sums."""
+
+    def agree(self, flag: bool) -> bool:
+        return self.procs.sum(float(flag)) > 0
+
+    @staticmethod
+    def _options():
+        from torch.distributed.checkpoint.state_dict import StateDictOptions
+        return StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+    def full_weights(self, model) -> dict:
+        """Full tensors on the main process (``{}`` elsewhere); every process must call it."""
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict
+        return get_model_state_dict(model, options=self._options())
+
+    def full_optimizer_state(self, model, optimizer) -> dict:
+        """The optimiser state with full tensors, keyed by parameter index like ``optimizer.state_dict()``."""
+        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+        state = get_optimizer_state_dict(model, optimizer, options=self._options())
+        if not state:
+            return {}
+        index = {name: i for i, name in enumerate(_trainable_names(model))}
+        return {"state": {index[name]: value for name, value in state["state"].items()},
+                "param_groups": [{**group, "params": [index[name] for name in group["params"]]}
+                                 for group in state["param_groups"]]}
+
+    def load_full_state(self, model, optimizer, weights: dict, optimizer_state: dict | None) -> None:
+        """Every process passes the full tensors (it read them from the checkpoint)."""
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions, set_model_state_dict, set_optimizer_state_dict,
+        )
+        options = StateDictOptions(full_state_dict=True)
+        set_model_state_dict(model, weights, options=options)
+        if optimizer_state is not None:
+            names = _trainable_names(model)
+            by_name = {"state": {names[int(i)]: value for i, value in optimizer_state["state"].items()},
+                       "param_groups": [{**group, "params": [names[int(i)] for i in group["params"]]}
+                                        for group in optimizer_state["param_groups"]]}
+            set_optimizer_state_dict(model, optimizer, by_name, options=options)
+
+
+def _trainable_names(model) -> list[str]:
+    """Names of the trainable parameters in ``model.parameters()`` order (the optimiser's indices)."""
+    return [name for name, p in model.named_parameters() if p.requires_grad]
+
+
+def layout(fsdp: bool, procs: Processes):
+    """How the processes hold the model: ``Sharded`` with FSDP, else ``Replicated``."""
+    if not fsdp:
+        return Replicated(procs)
+    # accelerate's setting: true/false (FSDP2) or an FSDP1 strategy name (SHARD_GRAD_OP keeps layers gathered)
+    setting = os.environ.get("FSDP_RESHARD_AFTER_FORWARD", "true").lower()
+    reshard = setting not in ("false", "0", "no", "shard_grad_op", "no_shard", "2", "3")
+    return Sharded(procs, reshard_after_forward=reshard)
+
+
 def processes() -> Processes:
     """This process's rank among WORLD_SIZE processes (set by torchrun / accelerate launch),
     initialising the process group on first use."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return Processes()
+    if torch.cuda.is_available():  # one GPU per process on each machine (FSDP's device mesh uses the current one)
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
     return Processes(rank=dist.get_rank(), world=dist.get_world_size())

@@ -233,7 +233,7 @@ def _convert_embedded(folder: Path) -> Path:
     _sync_special_ids(model, tokenizer)
 
     def write(tmp: Path) -> None:
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(tmp, safe_serialization=True, **({"state_dict": weights} if weights is not None else {}))
         tokenizer.save_pretrained(tmp)
 
     return _atomic_write_folder(folder, write)
@@ -307,8 +307,9 @@ def _is_peft(model) -> bool:
     return isinstance(model, PeftModel)
 
 
-def save_model(model, tokenizer, folder: str | os.PathLike) -> Path:
+def save_model(model, tokenizer, folder: str | os.PathLike, weights: dict | None = None) -> Path:
     """Write ``model`` and ``tokenizer`` to ``folder`` in HF format (safetensors), atomically.
+    ``weights``: full tensors by name to write instead of the model's own (a model sharded over processes).
 
     A peft model is merged into full weights (on a copy; ``model`` is left as it is) so that
     ``AutoModelForCausalLM.from_pretrained(folder)`` loads it without peft.
@@ -317,7 +318,7 @@ def save_model(model, tokenizer, folder: str | os.PathLike) -> Path:
         model = copy.deepcopy(model).merge_and_unload()
 
     def write(tmp: Path) -> None:
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(tmp, safe_serialization=True, **({"state_dict": weights} if weights is not None else {}))
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
 

@@ -135,6 +135,8 @@ def apply_update(optimizer, params: list, max_grad_norm: float | None) -> float:
     if isinstance(optimizer, StepInBackward):
         return optimizer.grad_norm()           # already updated inside backward
     norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm else float("inf"))
+    if hasattr(norm, "full_tensor"):          # parameters sharded over processes (FSDP): a DTensor
+        norm = norm.full_tensor()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return float(norm)

@@ -12,6 +12,7 @@ import copy
 import hashlib
 import json
 import logging
+import os
 import random
 import time
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from unigrad.batch import Batch
 from unigrad.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from unigrad.config import ConfigError, RunConfig, to_dict
 from unigrad.data import count_truncated, load_dataset_sequences
-from unigrad.distributed import Processes, ShardedSampler, processes
+from unigrad.distributed import Engine, Processes, Replicated, ShardedSampler, layout, processes
 from unigrad.experience import (
     Experience, RolloutSource, Split, demonstration_rows, load_prompt_splits, resolve_data_path, step_units,
     with_policy_completions,
@@ -75,7 +76,8 @@ class Reference:
     memory), or computed per batch under inference mode from a frozen copy of the initial policy
     (with LoRA: the policy with its adapters switched off)."""
 
-    def __init__(self, config: RunConfig, policy, splits: list[Split], pad_id: int, writer: bool = True):
+    def __init__(self, config: RunConfig, policy, splits: list[Split], pad_id: int, writer: bool = True,
+                 prepare=Engine):
         self.config, self.pad_id = config, pad_id
         self.table: dict[tuple[str, int], torch.Tensor] | None = None
         self.model = None
@@ -94,9 +96,9 @@ class Reference:
                               metadata={"fingerprint": fingerprint})
                     tmp.replace(cache)
         elif _is_peft(policy):
-            self.model = policy
-        else:
-            self.model = copy.deepcopy(policy).eval().requires_grad_(False)
+            self.model = Engine(policy)
+        else:  # ``prepare``: how the processes hold it (FSDP shards the reference like the policy)
+            self.model = prepare(copy.deepcopy(policy).eval().requires_grad_(False))
 
     def _precompute(self, policy, splits: list[Split]) -> dict:
         table = {}
@@ -120,10 +122,10 @@ class Reference:
             return out.to(tb.completion_mask.device)
         if self.model is None:
             raise RuntimeError("reference log-probs were precomputed for the dataset only")
-        if _is_peft(self.model):
-            with self.model.disable_adapter():
-                return reference_logprobs(self.model, tb, self.config.train.chunk_size).to(dtype)
-        return reference_logprobs(self.model, tb, self.config.train.chunk_size).to(dtype)
+        if _is_peft(self.model.model):
+            with self.model.model.disable_adapter():
+                return self.model(reference_logprobs, tb, self.config.train.chunk_size).to(dtype)
+        return self.model(reference_logprobs, tb, self.config.train.chunk_size).to(dtype)
 
 
 # ---------------------------------------------------------------------------- one loss evaluation
@@ -137,6 +139,14 @@ class Trainer:
     reference: Reference | None
     device: torch.device
     teacher: object = None
+    engine: Engine | None = None          # calls log-prob functions of ``model`` (see distributed.Engine)
+    parallel: object = None                # how processes hold the model: Replicated or Sharded
+
+    def __post_init__(self):
+        if self.engine is None:
+            self.engine = Engine(self.model)
+        if self.parallel is None:
+            self.parallel = Replicated(Processes())
 
     def batch_loss(self, experience: Experience, rows: list[int], step: Batch):
         """Objective output on rows ``rows`` of ``experience`` (whose whole step is ``step``)."""
@@ -146,17 +156,18 @@ class Trainer:
         if self.teacher is not None:  # one student pass gives both its token log-probs and the teacher-support ones
             from unigrad.distill import distill_fields
             t = self.config.teacher
-            distilled = distill_fields(self.model, self.teacher, tb, k=t.k, chunk_size=self.config.train.chunk_size,
-                                       temperature=t.temperature)
+            distilled = self.engine(distill_fields, self.teacher, tb, k=t.k, chunk_size=self.config.train.chunk_size,
+                                    temperature=t.temperature)
             logp = distilled["student_logp_target"]
         elif "logp_top_other" in self.objective.requires:  # e.g. the inverted hinge: log max_{v≠y_t} p(v), with grad
             from unigrad.engine_extras import token_logprobs_with_top_other
-            logp, top_other = token_logprobs_with_top_other(self.model, tb, self.config.train.chunk_size)
+            logp, top_other = self.engine(token_logprobs_with_top_other, tb, self.config.train.chunk_size)
             distilled = {"logp_top_other": top_other}
-        elif self.config.train.share_prompts and shares_prompts(sequences):  # a group's prompt forwarded once
-            logp = shared_prompt_logprobs(self.model, sequences, self.tokenizer.pad_token_id, self.config.train.chunk_size)
+        elif self.config.train.share_prompts and self.parallel.agree(shares_prompts(sequences)):
+            # a group's prompt forwarded once
+            logp = self.engine(shared_prompt_logprobs, sequences, self.tokenizer.pad_token_id, self.config.train.chunk_size)
         else:
-            logp = token_logprobs(self.model, tb, self.config.train.chunk_size)
+            logp = self.engine(token_logprobs, tb, self.config.train.chunk_size)
         fields = experience.row_fields(rows, logp.shape[1])
         if distilled:
             fields["extra"] = {**fields.get("extra", {}), **distilled}
@@ -270,6 +281,30 @@ def check_requirements(objective, config: RunConfig) -> None:
                           "(got 'sft')")
 
 
+def _uses_fsdp(config: RunConfig, procs: Processes) -> bool:
+    """``train.fsdp``, or launched by ``accelerate launch --use_fsdp`` (which sets ACCELERATE_USE_FSDP);
+    what FSDP does not cover yet is refused with the reason."""
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
+        raise ConfigError("DeepSpeed is not supported: unigrad normalises and sums gradients over processes itself, "
+                          "which DeepSpeed's engine would redo. Launch with FSDP instead (accelerate launch --use_fsdp "
+                          "..., or train.fsdp: true), which shards parameters, gradients and optimiser state like ZeRO-3")
+    if not (config.train.fsdp or os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"):
+        return False
+    why = []
+    if procs.world == 1:
+        why.append("one process (launch several: unigrad train --nproc P, torchrun or accelerate launch)")
+    if config.data.format == "prompts":
+        why.append("online generation (data.format: prompts): sampling from a sharded model is not implemented")
+    if config.teacher.name:
+        why.append("a teacher (teacher.name): distillation under FSDP is not implemented")
+    if config.model.lora:
+        why.append("LoRA (model.lora): adapters under FSDP are not implemented")
+    if why:
+        raise ConfigError("train.fsdp: FSDP cannot run with " + "; ".join(why))
+    log.info("FSDP2: parameters, gradients and optimiser state sharded over %d processes", procs.world)
+    return True
+
+
 def _load_reward(config: RunConfig):
     from unigrad.rewards import load_reward
     try:
@@ -309,7 +344,7 @@ def optimise(trainer: Trainer, experience: Experience, whole: Batch, optimizer, 
             tokens += n
             for key, value in out.metrics.items():
                 metrics[key] = metrics.get(key, 0.0) + float(value) / len(mine)
-        procs.sum_gradients(params)
+        trainer.parallel.reduce_gradients(params)
         grad_norm = apply_update(optimizer, params, t.max_grad_norm)
     if procs.world > 1:
         loss_sum, objective_sum, tokens = procs.sum(loss_sum), procs.sum(objective_sum), int(procs.sum(tokens))
@@ -322,6 +357,7 @@ def train(config: RunConfig, resume: bool = False, progress: bool = True) -> dic
     checkpoint in ``output_dir`` and reaches the same result as an uninterrupted run."""
     t, online = config.train, config.data.format == "prompts"
     procs = processes()
+    parallel = layout(_uses_fsdp(config, procs), procs)
     if t.batch_size % (procs.world * t.grad_accum):
         raise ConfigError(f"train.batch_size ({t.batch_size}) must be a multiple of processes × train.grad_accum "
                           f"({procs.world} × {t.grad_accum})")
@@ -333,7 +369,7 @@ def train(config: RunConfig, resume: bool = False, progress: bool = True) -> dic
     objective = build_objective(config.method)
     check_requirements(objective, config)
     _seed_everything(t.seed)
-    device = torch.device(f"cuda:{procs.rank % torch.cuda.device_count()}" if torch.cuda.is_available() else "cpu")
+    device = torch.device(f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu")
     model, tokenizer = load_model(config.model.name, dtype=_dtype(config.model.dtype, device), device=device,
                                   trust_remote_code=config.model.trust_remote_code)
 
@@ -371,13 +407,13 @@ def train(config: RunConfig, resume: bool = False, progress: bool = True) -> dic
     reference = None
     if "logp_ref" in objective.requires or t.track_kl:
         splits = [] if online else [s for s in (train_split, eval_split) if s]
-        reference = Reference(config, model, splits, tokenizer.pad_token_id, writer=procs.main)
+        reference = Reference(config, model, splits, tokenizer.pad_token_id, writer=procs.main, prepare=parallel.prepare)
     teacher = None
     if config.teacher.name:
         teacher, _ = load_model(config.teacher.name, dtype=_dtype(config.model.dtype, device), device=device,
                                 trust_remote_code=config.model.trust_remote_code)
         teacher.requires_grad_(False)
-    trainer = Trainer(config, model, tokenizer, objective, reference, device, teacher)
+    trainer = Trainer(config, model, tokenizer, objective, reference, device, teacher, parallel.prepare(model), parallel)
     if online:
         demos = demonstration_rows(train_prompts, tokenizer, config.data.max_length) if "is_demo" in objective.requires else None
         source = RolloutSource(train_prompts, _sampler(config, model, tokenizer, procs), reward_fn, config.rollout,
@@ -392,7 +428,7 @@ def train(config: RunConfig, resume: bool = False, progress: bool = True) -> dic
     start = 0
     checkpoints = out_dir / "checkpoints"
     if resume and list_checkpoints(checkpoints):
-        start = load_checkpoint(list_checkpoints(checkpoints)[-1], model, optimizer)
+        start = load_checkpoint(list_checkpoints(checkpoints)[-1], model, optimizer, parallel)
         log.info("resumed from %s", list_checkpoints(checkpoints)[-1])
     elif resume:
         log.info("no checkpoint in %s: starting from step 0", checkpoints)
@@ -445,16 +481,20 @@ def train(config: RunConfig, resume: bool = False, progress: bool = True) -> dic
             metrics_log.write(done, last)
         bar.update(1)
         bar.set_postfix(_postfix(last))
-        if t.save_every and done % t.save_every == 0 and done != t.steps and procs.main:
-            save_checkpoint(checkpoints, done, model, tokenizer, optimizer, to_dict(config), t.keep_checkpoints)
+        if t.save_every and done % t.save_every == 0 and done != t.steps:
+            weights, optimizer_state = parallel.full_weights(model), parallel.full_optimizer_state(model, optimizer)
+            if procs.main:
+                save_checkpoint(checkpoints, done, model, tokenizer, optimizer_state, to_dict(config),
+                                t.keep_checkpoints, weights)
     bar.close()
+    weights = parallel.full_weights(model)
     summary = {"steps": t.steps, "final_model": str(out_dir / "final"), **last,
                **{f"before/{key}": value for key, value in before.items()}}
     if not procs.main:
         procs.barrier()
         return summary
     metrics_log.close()
-    save_model(model, tokenizer, out_dir / "final")
+    save_model(model, tokenizer, out_dir / "final", weights)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     try:
         from unigrad.report import write_report

@@ -1,9 +1,13 @@
-"""Two processes × batch b give the same update as one process × batch 2b (data parallel, gloo)."""
+"""Two processes × batch b give the same update as one process × batch 2b (data parallel, gloo),
+with the model replicated or sharded (FSDP2); checkpoints resume across the two layouts."""
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import torch
 from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -14,19 +18,92 @@ ONLINE = [str(ROOT / "configs" / "tiny-hpt.yaml"), "train.steps=3", "train.batch
           "data.task.eval_size=2"]
 
 
+def _train(config: list[str], output_dir: Path, *extra: str, launcher: tuple = (sys.executable,)) -> subprocess.CompletedProcess:
+    result = subprocess.run([*launcher, "-m", "unigrad", "train", *config, "--no-progress",
+                             f"output_dir={output_dir}", *extra],
+                            capture_output=True, text=True, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result
+
+
+def _final(output_dir: Path) -> dict:
+    return load_file(str(output_dir / "final" / "model.safetensors"))
+
+
+def _max_gap(a: dict, b: dict) -> float:
+    assert sorted(a) == sorted(b)
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
 def _one_and_two_processes(tmp_path: Path, config: list[str]) -> tuple[dict, dict]:
     """Final weights of the same run in one process and in two."""
-    for name, extra in (("one", []), ("two", ["--nproc", "2"])):
-        result = subprocess.run([sys.executable, "-m", "unigrad", "train", *config, "--no-progress",
-                                 f"output_dir={tmp_path / name}", *extra],
-                                capture_output=True, text=True, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
-        assert result.returncode == 0, result.stderr[-2000:]
-    return tuple(load_file(str(tmp_path / name / "final" / "model.safetensors")) for name in ("one", "two"))
+    _train(config, tmp_path / "one")
+    _train(config, tmp_path / "two", "--nproc", "2")
+    return _final(tmp_path / "one"), _final(tmp_path / "two")
 
 
 def test_two_processes_equal_one(tmp_path):
     a, b = _one_and_two_processes(tmp_path, OFFLINE)
-    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
+    assert _max_gap(a, b) < 1e-5
+
+
+def test_fsdp_through_accelerate_equals_one_process(tmp_path):
+    """`accelerate launch --use_fsdp --num_processes 2` (FSDP2 on gloo): parameters, gradients and
+    optimiser state sharded, the reference model sharded too (per-batch reference log-probs), DPO
+    pairs through the shared-prompt forward; the same update as one process."""
+    config = [*OFFLINE, "reference.precompute=false"]
+    _train(config, tmp_path / "one")
+    accelerate = (sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2",
+                  "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                  "--use_fsdp", "--fsdp_version", "2")
+    result = _train(config, tmp_path / "two", launcher=accelerate)
+    assert "FSDP" in result.stderr            # it did shard
+    a, b = _final(tmp_path / "one"), _final(tmp_path / "two")
+    assert _max_gap(a, b) < 1e-5
+    from unigrad.models import load_model
+    start = dict(load_model("tiny-random")[0].state_dict())
+    assert _max_gap(a, {k: start[k] for k in a}) > 1e-4
+
+
+def test_checkpoints_resume_across_layouts(tmp_path):
+    """A checkpoint written by FSDP holds full tensors in the one-process layout: one process resumes
+    it (and FSDP resumes a one-process checkpoint) to the same weights as the uninterrupted run."""
+    config = [str(ROOT / "configs" / "tiny-dpo.yaml"), "train.steps=4", "train.save_every=2", "train.eval_every=0",
+              "data.eval=null", "train.keep_checkpoints=5"]
+    _train(config, tmp_path / "one")
+    _train([*config, "train.fsdp=true"], tmp_path / "fsdp", "--nproc", "2")
+    for written_by, resumed_with in (("fsdp", []), ("one", ["--nproc", "2"])):
+        resumed = tmp_path / f"{written_by}-resumed"
+        shutil.copytree(tmp_path / written_by, resumed)
+        shutil.rmtree(resumed / "final")
+        shutil.rmtree(resumed / "checkpoints" / "step-000004", ignore_errors=True)
+        fsdp = ["train.fsdp=true"] if resumed_with else []
+        result = _train([*config, *fsdp], resumed, "--resume", *resumed_with)
+        assert "resumed from" in result.stderr + result.stdout
+        assert _max_gap(_final(resumed), _final(tmp_path / "one")) < 1e-5, (written_by, resumed_with)
+
+
+GPUS = torch.cuda.device_count()
+
+
+@pytest.mark.skipif(GPUS < 2, reason=f"FSDP on GPUs (NCCL) needs at least 2 CUDA devices; this machine has {GPUS}")
+def test_fsdp_on_gpus_equals_one_gpu(tmp_path):
+    """The documented GPU command, `accelerate launch --use_fsdp --num_processes 2` on NCCL, in float32:
+    the same weights as one GPU (to 1e-4: NCCL sums in a different order)."""
+    config = [*OFFLINE, "reference.precompute=false", "model.dtype=float32"]
+    _train(config, tmp_path / "one")
+    accelerate = (sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
+                  "--mixed_precision", "no", "--dynamo_backend", "no", "--use_fsdp", "--fsdp_version", "2")
+    _train(config, tmp_path / "two", launcher=accelerate)
+    assert _max_gap(_final(tmp_path / "one"), _final(tmp_path / "two")) < 1e-4
+
+
+def test_fsdp_refuses_what_it_does_not_cover(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "unigrad", "train", *ONLINE, "train.fsdp=true", "--no-progress",
+                             f"output_dir={tmp_path}", "--nproc", "2"], capture_output=True, text=True, cwd=ROOT,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode != 0
+    assert "train.fsdp" in result.stderr and "online generation" in result.stderr
 
 
 def test_two_processes_equal_one_for_online_rl(tmp_path):
@@ -34,7 +111,20 @@ def test_two_processes_equal_one_for_online_rl(tmp_path):
     the split, so the update must be exactly the one-process update (HPT: SFT on demonstrations
     while the tiny model solves nothing, so the gradient is not zero)."""
     a, b = _one_and_two_processes(tmp_path, ONLINE)
-    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
+    assert _max_gap(a, b) < 1e-5
     from unigrad.models import load_model
     start = dict(load_model("tiny-random")[0].state_dict())
-    assert max(float((a[k] - start[k]).abs().max()) for k in a) > 1e-4     # it did learn something
+    assert _max_gap(a, {k: start[k] for k in a}) > 1e-4     # it did learn something
+
+
+def test_deepspeed_and_single_process_fsdp_are_refused(tmp_path, monkeypatch):
+    from unigrad.config import ConfigError, load_config
+    from unigrad.train import train
+    config = load_config(str(ROOT / "configs" / "tiny-dpo.yaml"), [f"output_dir={tmp_path}", "train.steps=1"])
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    with pytest.raises(ConfigError, match="DeepSpeed is not supported.*--use_fsdp"):
+        train(config, progress=False)
+    monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED")
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with pytest.raises(ConfigError, match="train.fsdp: FSDP cannot run with one process"):
+        train(config, progress=False)
