@@ -154,27 +154,33 @@ def compare(trajectories: dict, start: float, axis: str) -> list[dict]:
 
 def summarise(paths: list[str]) -> None:
     """For result files of several runs: at how many compared forget levels NPO's retain NLL is below GA's,
-    and the mean difference GA − NPO, on each forget axis (mean, median, min per-sequence forget NLL)."""
+    and the mean difference GA − NPO, on each forget axis (mean, median, min per-sequence forget NLL);
+    and both retain NLLs where the forget NLL reaches the retain-only model's (runs that measured it)."""
     axes = (("mean forget NLL", "retain_at_equal_forget_nll"), ("median", "retain_at_equal_median_forget_nll"),
             ("min", "retain_at_equal_min_forget_nll"))
-    print("| run | " + " | ".join(f"at equal {a}: NPO lower / mean(GA − NPO)" for a, _ in axes) + " |")
-    print("|---|" + "---|" * len(axes))
+    print("| run | " + " | ".join(f"at equal {a}: NPO lower / mean(GA − NPO)" for a, _ in axes)
+          + " | at the retain-only model's forget NLL: GA / NPO retain NLL |")
+    print("|---|" + "---|" * (len(axes) + 1))
     for path in paths:
         result = json.loads(Path(path).read_text())
+        ga, npo = list(result["trajectories"])
         cells = []
         for _, key in axes:
             if key not in result:              # runs made before the measure existed
                 cells.append("—")
                 continue
-            table = result[key]
-            ga, npo = list(result["trajectories"])
-            diffs = [row[ga] - row[npo] for row in table if row[ga] is not None and row[npo] is not None]
+            diffs = [row[ga] - row[npo] for row in result[key] if row[ga] is not None and row[npo] is not None]
             cells.append(f"{sum(d > 0 for d in diffs)}/{len(diffs)}, {sum(diffs) / len(diffs):+.3f}")
+        target = result.get("retain_at_retain_only_forget_nll")
+        if target:
+            shown = [f"{target[k]:.3f}" if target[k] is not None else "not reached" for k in (ga, npo)]
+            cells.append(f"{target['forget']:.2f}: {shown[0]} / {shown[1]}")
+        else:
+            cells.append("—")
         a = result["args"]
         model = a.get("model") or f"hidden {a['hidden']}×{a['layers']}"
         print(f"| {Path(path).stem} ({a.get('completion', 'sentence')}, β={a['beta']:g}, lr {a['lr']:g}, {a['steps']} steps, "
-              f"{model}, data seed {a.get('data_seed', 0)}) | "
-              + " | ".join(cells) + " |")
+              f"{model}, data seed {a.get('data_seed', 0)}) | " + " | ".join(cells) + " |")
 
 
 def main() -> None:
@@ -232,6 +238,19 @@ def main() -> None:
     del sft_model
     print(f"after SFT ({args.sft_steps} steps, {time.perf_counter() - t0:.0f}s): forget NLL {at_sft['forget']:.4f}, "
           f"retain NLL {at_sft['retain']:.4f}", flush=True)
+    # TOFU's yardstick of "forgotten": the same fine-tuning on the retain rows only, a model that never
+    # saw the forget facts; its forget NLL is the level an unlearned model should reach
+    retain_data, retain_dir = work / "retain.jsonl", work / "sft-retain-only"
+    retain_data.write_text("".join(line + "\n" for line in data.read_text().splitlines()
+                                   if json.loads(line)["split"] == "retain"))
+    if not (retain_dir / "final" / "config.json").exists():
+        run(config_text(str(base), retain_data, "{name: sft}", args.sft_steps, args.sft_lr, args.n_retain, retain_dir,
+                        0, threads=args.threads))
+    never_saw, _ = load_model(str(retain_dir / "final"))
+    at_never_saw = nll(never_saw, sequences, pad_id)
+    del never_saw
+    print(f"retain-only SFT (never saw the forget facts): forget NLL {at_never_saw['forget']:.3f}, "
+          f"retain NLL {at_never_saw['retain']:.3f}", flush=True)
 
     # GA and NPO (no retain term) read only the forget rows: no forward on rows that weigh nothing
     forget_data = work / "forget.jsonl"
@@ -250,7 +269,12 @@ def main() -> None:
               flush=True)
 
     tables = {axis: compare(trajectories, at_sft[axis], axis) for axis in ("forget", "forget_median", "forget_min")}
-    result = {"args": vars(args), "sft": at_sft,
+    level = at_never_saw["forget"]
+    at_target = {label: retain_at(points, level) for label, points in trajectories.items()}
+    print(f"\nat the retain-only model's forget NLL {level:.3f}: retain NLL "
+          + ", ".join(f"{k} {v:.3f}" if v is not None else f"{k} not reached" for k, v in at_target.items()))
+    result = {"args": vars(args), "sft": at_sft, "retain_only_sft": at_never_saw,
+              "retain_at_retain_only_forget_nll": {"forget": level, **at_target},
               "trajectories": {k: [{"step": i, **p} for i, p in enumerate(v)] for k, v in trajectories.items()},
               "retain_at_equal_forget_nll": tables["forget"], "retain_at_equal_median_forget_nll": tables["forget_median"],
               "retain_at_equal_min_forget_nll": tables["forget_min"],

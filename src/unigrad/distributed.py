@@ -21,6 +21,7 @@ computation, which calls the body and the head separately.
 """
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import dataclass
 
@@ -152,6 +153,13 @@ class Replicated:
         """None: the model itself holds them whole."""
         return None
 
+    def sampling_model(self, model):
+        """The model generation runs on: the policy itself."""
+        return model
+
+    def sync_sampling_model(self, model, sampling) -> None:
+        """Nothing to do: generation runs on the policy's own weights."""
+
     def full_optimizer_state(self, model, optimizer) -> dict:
         return optimizer.state_dict()
 
@@ -196,6 +204,18 @@ class Sharded:
 
     def reduce_gradients(self, params: list) -> None:
         """Nothing left to do: backward reduce-scattered the sums."""
+
+    def sampling_model(self, model):
+        """A whole, frozen copy of the policy for generation, taken before sharding: decoding makes a
+        different number of layer calls on each process, which sharded layers cannot (each call is a
+        collective). Its weights follow the policy through ``sync_sampling_model``."""
+        return copy.deepcopy(model).requires_grad_(False)
+
+    def sync_sampling_model(self, model, sampling) -> None:
+        """Every process gathers the policy's full weights into its sampling copy (after an update)."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+        weights = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
+        sampling.load_state_dict(weights)
 
     def agree(self, flag: bool) -> bool:
         return self.procs.sum(float(flag)) > 0

@@ -141,12 +141,15 @@ class Trainer:
     teacher: object = None
     engine: Engine | None = None          # calls log-prob functions of ``model`` (see distributed.Engine)
     parallel: object = None                # how processes hold the model: Replicated or Sharded
+    sampling_model: object = None          # what generation runs on (the policy, or its whole copy under FSDP)
 
     def __post_init__(self):
         if self.engine is None:
             self.engine = Engine(self.model)
         if self.parallel is None:
             self.parallel = Replicated(Processes())
+        if self.sampling_model is None:
+            self.sampling_model = self.model
 
     def batch_loss(self, experience: Experience, rows: list[int], step: Batch):
         """Objective output on rows ``rows`` of ``experience`` (whose whole step is ``step``)."""
@@ -210,7 +213,7 @@ def evaluate_prompts_split(trainer: Trainer, examples: list, reward_fn) -> dict:
     """Greedy held-out accuracy and mean reward on prompts."""
     from unigrad.evaluate import evaluate_prompts
     r = trainer.config.rollout
-    result = evaluate_prompts(trainer.model, trainer.tokenizer, examples, reward_fn, k=None, num_samples=0,
+    result = evaluate_prompts(trainer.sampling_model, trainer.tokenizer, examples, reward_fn, k=None, num_samples=0,
                               max_new_tokens=r.max_new_tokens, batch_size=r.max_batch_size or 64)
     return {key: float(value) for key, value in result.items() if isinstance(value, (int, float))}
 
@@ -293,8 +296,11 @@ def _uses_fsdp(config: RunConfig, procs: Processes) -> bool:
     why = []
     if procs.world == 1:
         why.append("one process (launch several: unigrad train --nproc P, torchrun or accelerate launch)")
-    if config.data.format == "prompts":
-        why.append("online generation (data.format: prompts): sampling from a sharded model is not implemented")
+    if config.data.format == "prompts" and config.rollout.sampler == "vllm":
+        why.append("rollout.sampler: vllm (weight sync from a sharded model is not implemented; use hf)")
+    if config.data.format == "prompts" and config.rollout.dynamic_sampling:
+        why.append("rollout.dynamic_sampling (a step may leave a process without micro-batches, and every "
+                   "process must run the same layer calls)")
     if config.teacher.name:
         why.append("a teacher (teacher.name): distillation under FSDP is not implemented")
     if config.model.lora:
@@ -413,10 +419,12 @@ def train(config: RunConfig, resume: bool = False, progress: bool = True) -> dic
         teacher, _ = load_model(config.teacher.name, dtype=_dtype(config.model.dtype, device), device=device,
                                 trust_remote_code=config.model.trust_remote_code)
         teacher.requires_grad_(False)
-    trainer = Trainer(config, model, tokenizer, objective, reference, device, teacher, parallel.prepare(model), parallel)
+    sampling = parallel.sampling_model(model)    # before sharding: the policy, or its whole copy under FSDP
+    trainer = Trainer(config, model, tokenizer, objective, reference, device, teacher, parallel.prepare(model), parallel,
+                      sampling)
     if online:
         demos = demonstration_rows(train_prompts, tokenizer, config.data.max_length) if "is_demo" in objective.requires else None
-        source = RolloutSource(train_prompts, _sampler(config, model, tokenizer, procs), reward_fn, config.rollout,
+        source = RolloutSource(train_prompts, _sampler(config, sampling, tokenizer, procs), reward_fn, config.rollout,
                                config.reward.fallback, demos, t.seed, config.reward.overlong_cache)
     on_policy = float(getattr(objective, "on_policy_fraction", 0.0)) if not online else 0.0
     if on_policy and reference is not None and reference.table is not None:
@@ -470,7 +478,8 @@ def train(config: RunConfig, resume: bool = False, progress: bool = True) -> dic
         loss_sum, objective_sum, tokens, metrics, grad_norm = optimise(trainer, experience, whole, optimizer, params,
                                                                       procs, epochs)
         if online:
-            source.sampler.update_weights(model)
+            parallel.sync_sampling_model(model, sampling)
+            source.sampler.update_weights(sampling)
         seconds = time.perf_counter() - started
         last = {"objective": objective_sum, "surrogate": loss_sum, "lr": lr, "grad_norm": grad_norm,
                 "tokens_per_s": tokens / seconds, "step_seconds": seconds, **metrics, **experience.metrics}

@@ -35,10 +35,10 @@ def _max_gap(a: dict, b: dict) -> float:
     return max(float((a[k] - b[k]).abs().max()) for k in a)
 
 
-def _one_and_two_processes(tmp_path: Path, config: list[str]) -> tuple[dict, dict]:
-    """Final weights of the same run in one process and in two."""
+def _one_and_two_processes(tmp_path: Path, config: list[str], two: tuple = ()) -> tuple[dict, dict]:
+    """Final weights of the same run in one process and in two (with the extra options ``two``)."""
     _train(config, tmp_path / "one")
-    _train(config, tmp_path / "two", "--nproc", "2")
+    _train([*config, *two], tmp_path / "two", "--nproc", "2")
     return _final(tmp_path / "one"), _final(tmp_path / "two")
 
 
@@ -98,23 +98,19 @@ def test_fsdp_on_gpus_equals_one_gpu(tmp_path):
     assert _max_gap(_final(tmp_path / "one"), _final(tmp_path / "two")) < 1e-4
 
 
-def test_fsdp_refuses_what_it_does_not_cover(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "unigrad", "train", *ONLINE, "train.fsdp=true", "--no-progress",
-                             f"output_dir={tmp_path}", "--nproc", "2"], capture_output=True, text=True, cwd=ROOT,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert result.returncode != 0
-    assert "train.fsdp" in result.stderr and "online generation" in result.stderr
-
-
-def test_two_processes_equal_one_for_online_rl(tmp_path):
-    """Rollouts are generated half per process and gathered; greedy decoding makes them independent of
-    the split, so the update must be exactly the one-process update (HPT: SFT on demonstrations
-    while the tiny model solves nothing, so the gradient is not zero)."""
-    a, b = _one_and_two_processes(tmp_path, ONLINE)
+def test_fsdp_online_rl_equals_one_process(tmp_path):
+    """Online RL under FSDP: each process generates its share of the prompts on a whole copy of the
+    policy (re-gathered after every update) and trains on the sharded model; greedy HPT as above."""
+    a, b = _one_and_two_processes(tmp_path, ONLINE, ["train.fsdp=true"])
     assert _max_gap(a, b) < 1e-5
-    from unigrad.models import load_model
-    start = dict(load_model("tiny-random")[0].state_dict())
-    assert _max_gap(a, {k: start[k] for k in a}) > 1e-4     # it did learn something
+
+
+def test_fsdp_refuses_what_it_does_not_cover(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "unigrad", "train", *ONLINE, "train.fsdp=true",
+                             "rollout.dynamic_sampling=true", "--no-progress", f"output_dir={tmp_path}", "--nproc", "2"],
+                            capture_output=True, text=True, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode != 0
+    assert "train.fsdp" in result.stderr and "rollout.dynamic_sampling" in result.stderr
 
 
 def test_deepspeed_and_single_process_fsdp_are_refused(tmp_path, monkeypatch):
