@@ -419,7 +419,8 @@ def train(config: RunConfig, resume: bool = False, progress: bool = True) -> dic
         teacher, _ = load_model(config.teacher.name, dtype=_dtype(config.model.dtype, device), device=device,
                                 trust_remote_code=config.model.trust_remote_code)
         teacher.requires_grad_(False)
-    sampling = parallel.sampling_model(model)    # before sharding: the policy, or its whole copy under FSDP
+    # what generation runs on, taken before sharding: the policy, or its whole copy under FSDP
+    sampling = parallel.sampling_model(model) if online else model
     trainer = Trainer(config, model, tokenizer, objective, reference, device, teacher, parallel.prepare(model), parallel,
                       sampling)
     if online:
