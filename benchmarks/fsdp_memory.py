@@ -68,7 +68,8 @@ def main() -> None:
     ratio = results["fsdp"]["peak_rss_mb"] / results["replicated"]["peak_rss_mb"]
     print(f"FSDP / replicated peak: {ratio:.2f}; largest weight difference after {args.steps} steps: {gap:.2e}")
     option = f" --malloc-mmap-threshold {args.malloc_mmap_threshold}" if args.malloc_mmap_threshold else ""
-    record = {"date": time.strftime("%Y-%m-%d"), "nproc": args.nproc, "steps": args.steps,
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    record = {"date": time.strftime("%Y-%m-%d"), "commit": commit, "nproc": args.nproc, "steps": args.steps,
               "malloc_mmap_threshold": args.malloc_mmap_threshold, **results, "ratio": ratio,
               "max_weight_difference": gap,
               "command": f"python benchmarks/fsdp_memory.py --nproc {args.nproc} --steps {args.steps}{option}"}
