@@ -153,15 +153,15 @@ class Replicated:
         """None: the model itself holds them whole."""
         return None
 
+    def full_optimizer_state(self, model, optimizer) -> dict:
+        return optimizer.state_dict()
+
     def sampling_model(self, model):
         """The model generation runs on: the policy itself."""
         return model
 
     def sync_sampling_model(self, model, sampling) -> None:
         """Nothing to do: generation runs on the policy's own weights."""
-
-    def full_optimizer_state(self, model, optimizer) -> dict:
-        return optimizer.state_dict()
 
     def load_full_state(self, model, optimizer, weights: dict, optimizer_state: dict | None) -> None:
         params = dict(model.named_parameters())
