@@ -18,7 +18,7 @@
    retain NLLs compared: the NPO paper's claim is that NPO keeps retain NLL lower than GA does at the
    same amount of forgetting (GA collapses the model).
 
-Writes benchmarks/results/unlearning_toy.{json,png}.
+Writes OUT.json and OUT.png (``--out``, default benchmarks/results/unlearning_toy/run).
 """
 from __future__ import annotations
 
@@ -281,7 +281,8 @@ def main() -> None:
               "seconds": time.perf_counter() - t0}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(result, indent=1))
+    json_path, png_path = out.with_name(out.name + ".json"), out.with_name(out.name + ".png")  # NAME may hold dots
+    json_path.write_text(json.dumps(result, indent=1))
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -299,11 +300,11 @@ def main() -> None:
             ax.legend()
             ax.grid(alpha=0.3)
         fig.tight_layout()
-        fig.savefig(out.with_suffix(".png"), dpi=110)
-        print(f"\nwrote {out.with_suffix('.png')}")
+        fig.savefig(png_path, dpi=110)
+        print(f"\nwrote {png_path}")
     except ImportError:
         print("matplotlib not installed: no plot")
-    print(f"wrote {out.with_suffix('.json')} ({result['seconds']:.0f}s)")
+    print(f"wrote {json_path} ({result['seconds']:.0f}s)")
 
 
 if __name__ == "__main__":
