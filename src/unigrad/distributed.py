@@ -226,9 +226,13 @@ class Sharded:
         return StateDictOptions(full_state_dict=True, cpu_offload=True)
 
     def full_weights(self, model) -> dict:
-        """Full tensors on the main process (``{}`` elsewhere); every process must call it."""
+        """Full tensors on the main process (``{}`` elsewhere); every process must call it. A tied
+        parameter's second name (e.g. ``lm_head.weight`` = the embedding) is left out, as a
+        one-process save leaves it out: gathered, the two would be separate copies."""
         from torch.distributed.checkpoint.state_dict import get_model_state_dict
-        return get_model_state_dict(model, options=self._options())
+        weights = get_model_state_dict(model, options=self._options())
+        aliases = set(dict(model.named_parameters(remove_duplicate=False))) - set(dict(model.named_parameters()))
+        return {name: value for name, value in weights.items() if name not in aliases}
 
     def full_optimizer_state(self, model, optimizer) -> dict:
         """The optimiser state with full tensors, keyed by parameter index like ``optimizer.state_dict()``."""

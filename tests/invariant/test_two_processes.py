@@ -124,3 +124,28 @@ def test_deepspeed_and_single_process_fsdp_are_refused(tmp_path, monkeypatch):
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     with pytest.raises(ConfigError, match="train.fsdp: FSDP cannot run with one process"):
         train(config, progress=False)
+
+
+def test_fsdp_resumes_a_tied_embedding_model(tmp_path):
+    """SmolLM2 ties its LM head to the embedding, so its HF checkpoint has no lm_head.weight: FSDP saves
+    it the same way and resumes it with the tie kept, to the uninterrupted run's weights."""
+    from unigrad.models import save_model, tiny_random_model, tiny_tokenizer
+    tokenizer = tiny_tokenizer()
+    model = tiny_random_model(seed=1, tokenizer=tokenizer)
+    model.config.tie_word_embeddings = True
+    model.tie_weights()
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    save_model(model, tokenizer, tmp_path / "tied")
+    config = [str(ROOT / "configs" / "tiny-dpo.yaml"), f"model.name={tmp_path / 'tied'}", "train.steps=4",
+              "train.save_every=2", "train.eval_every=0", "data.eval=null", "train.keep_checkpoints=5",
+              "train.fsdp=true"]
+    _train(config, tmp_path / "fsdp", "--nproc", "2")
+    resumed = tmp_path / "resumed"
+    shutil.copytree(tmp_path / "fsdp", resumed)
+    shutil.rmtree(resumed / "final")
+    shutil.rmtree(resumed / "checkpoints" / "step-000004", ignore_errors=True)
+    result = _train(config, resumed, "--resume", "--nproc", "2")
+    assert "resumed from" in result.stderr + result.stdout
+    final = _final(resumed)
+    assert "lm_head.weight" not in final and "lm_head.weight" not in _final(tmp_path / "fsdp")  # saved tied
+    assert _max_gap(final, _final(tmp_path / "fsdp")) < 1e-6
