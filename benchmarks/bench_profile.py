@@ -24,9 +24,9 @@ def main() -> None:
     args = parser.parse_args()
     sys.path.insert(0, str(HERE))
     import bench_unigrad
-    import unigrad.train
+    import unigrad.optim
     state = {"step": 0, "prof": None}
-    apply_update = unigrad.train.apply_update
+    apply_update = unigrad.optim.apply_update
 
     def profiled(*a, **k):
         out = apply_update(*a, **k)
@@ -40,7 +40,7 @@ def main() -> None:
 
     sys.argv = [sys.argv[0], args.method, "3", "4", "/tmp/unigrad-bench/profile"]
     original_install = bench_unigrad.install_step_hook
-    bench_unigrad.install_step_hook = lambda: (setattr(unigrad.train, "apply_update", profiled), original_install())
+    bench_unigrad.install_step_hook = lambda: (setattr(unigrad.optim, "apply_update", profiled), original_install())
     bench_unigrad.main()
     averages = state["prof"].key_averages()
     total = sum(e.self_cpu_time_total for e in averages)

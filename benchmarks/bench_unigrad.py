@@ -42,18 +42,18 @@ GRPO_ADVANTAGE_EPS = 1e-4   # TRL's GRPOTrainer: (R - mean) / (std + 1e-4); unig
 
 
 def install_step_hook() -> None:
-    """Record the time (and peak RSS) right after every step's update: ``unigrad.train.optimise`` calls
-    ``apply_update`` once per step, after backward, for the usual optimiser and for
+    """Record the time (and peak RSS) right after every step's update: the one-process layout calls
+    ``unigrad.optim.apply_update`` once per step, after backward, for the usual optimiser and for
     ``optimizer_in_backward`` alike (an optimiser post-step hook would fire once per parameter there)."""
-    import unigrad.train
-    apply_update = unigrad.train.apply_update
+    import unigrad.optim
+    apply_update = unigrad.optim.apply_update
 
     def timed(*args, **kwargs):
         out = apply_update(*args, **kwargs)
         STEP_ENDS.append(time.perf_counter())
         RSS_AT_STEP.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
         return out
-    unigrad.train.apply_update = timed
+    unigrad.optim.apply_update = timed
 
 
 def install_rollout_probes(out_dir: str) -> None:

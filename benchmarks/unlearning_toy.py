@@ -86,8 +86,9 @@ def run_scored(text: str, sequences, pad_id: int) -> list[dict]:
 
     The loop is not changed: its ``load_model`` and ``apply_update`` are wrapped for the run, so no
     checkpoint per step is written (a 135M model's would fill the disk)."""
+    import unigrad.optim
     import unigrad.train as loop
-    load, update, held, points = loop.load_model, loop.apply_update, {}, []
+    load, update, held, points = loop.load_model, unigrad.optim.apply_update, {}, []
 
     def load_and_score(*args, **kwargs):
         model, tokenizer = load(*args, **kwargs)
@@ -101,11 +102,11 @@ def run_scored(text: str, sequences, pad_id: int) -> list[dict]:
         points.append(nll(held["policy"], sequences, pad_id))
         return norm
 
-    loop.load_model, loop.apply_update = load_and_score, update_and_score
+    loop.load_model, unigrad.optim.apply_update = load_and_score, update_and_score
     try:
         run(text)
     finally:
-        loop.load_model, loop.apply_update = load, update
+        loop.load_model, unigrad.optim.apply_update = load, update
     return points
 
 

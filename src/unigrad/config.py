@@ -114,6 +114,7 @@ class TrainConfig:
     chunk_size: int = 1024                   # tokens per log-softmax chunk (memory)
     share_prompts: bool = True               # sequences with the same prompt (a group, a pair) forward it once
     fsdp: bool = False                       # shard the model over processes (FSDP2); also `accelerate launch --use_fsdp`
+    deepspeed: int = 0                       # DeepSpeed ZeRO stage 1-3 (0: off); also `accelerate launch --use_deepspeed`
     eval_every: int = 0                      # 0: only at the start and the end
     eval_batch_size: int = 16
     save_every: int = 0                      # 0: no intermediate checkpoints

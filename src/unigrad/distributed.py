@@ -10,11 +10,13 @@ Launch with ``torchrun --nproc_per_node P -m unigrad train CONFIG`` or
 ``accelerate launch --num_processes P -m unigrad train CONFIG`` (or ``unigrad train --nproc P``):
 both set RANK / WORLD_SIZE, and the process group uses gloo on CPU, NCCL on GPUs.
 
-Two ways to hold the model (``layout``), both behind the same interface, so the loop never asks which:
+Three ways to hold the model (``layout``), all behind the same interface, so the loop never asks which:
 - ``Replicated``: every process holds the whole model; one flat all-reduce sums the gradients;
 - ``Sharded`` (``train.fsdp: true``, or ``accelerate launch --use_fsdp``): PyTorch FSDP2
   (``fully_shard``) — parameters, gradients and optimiser state split over processes, each decoder
-  layer gathered only while it runs; gradients are reduce-scattered as sums in backward.
+  layer gathered only while it runs; gradients are reduce-scattered as sums in backward;
+- ``zero.ZeRO`` (``train.deepspeed: S``, or ``accelerate launch --use_deepspeed``): DeepSpeed's ZeRO
+  stage 1–3, its engine driven so that the update stays the one-process update.
 The model is called through ``Engine``, a module whose forward is any log-prob function of the model,
 so that FSDP's root hooks gather the embedding, final norm and (tied) LM head around the whole
 computation, which calls the body and the head separately.
@@ -27,6 +29,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from unigrad import optim
 
 
 @dataclass(frozen=True)
@@ -142,8 +146,17 @@ class Replicated:
     def prepare(self, model) -> Engine:
         return Engine(model)
 
-    def reduce_gradients(self, params: list) -> None:
+    def train_engine(self, model, make_optimizer):
+        """The policy's engine and its optimiser (``make_optimizer``: trainable params -> optimiser)."""
+        return _engine_and_optimizer(self.prepare(model), make_optimizer)
+
+    def backward(self, engine, loss: torch.Tensor) -> None:
+        loss.backward()
+
+    def update(self, engine, optimizer, params: list, max_grad_norm: float | None) -> float:
+        """Sum the gradients over processes, clip, update; the gradient norm before clipping."""
         self.procs.sum_gradients(params)
+        return optim.apply_update(optimizer, params, max_grad_norm)
 
     def agree(self, flag: bool) -> bool:
         """Whether to take a path that must be the same on every process (only sharded layouts care)."""
@@ -202,8 +215,16 @@ class Sharded:
             unit.set_force_sum_reduction_for_comms(True)
         return engine
 
-    def reduce_gradients(self, params: list) -> None:
-        """Nothing left to do: backward reduce-scattered the sums."""
+    def train_engine(self, model, make_optimizer):
+        """Shard first: the optimiser is built on (and updates) this process's shards."""
+        return _engine_and_optimizer(self.prepare(model), make_optimizer)
+
+    def backward(self, engine, loss: torch.Tensor) -> None:
+        loss.backward()
+
+    def update(self, engine, optimizer, params: list, max_grad_norm: float | None) -> float:
+        """Clip and update the shards (backward already reduce-scattered the gradient sums)."""
+        return optim.apply_update(optimizer, params, max_grad_norm)
 
     def sampling_model(self, model):
         """A whole, frozen copy of the policy for generation, taken before sharding: decoding makes a
@@ -260,13 +281,18 @@ class Sharded:
             set_optimizer_state_dict(model, optimizer, by_name, options=options)
 
 
+def _engine_and_optimizer(engine: Engine, make_optimizer):
+    return engine, make_optimizer([p for p in engine.model.parameters() if p.requires_grad])
+
+
 def _trainable_names(model) -> list[str]:
     """Names of the trainable parameters in ``model.parameters()`` order (the optimiser's indices)."""
     return [name for name, p in model.named_parameters() if p.requires_grad]
 
 
 def layout(fsdp: bool, procs: Processes):
-    """How the processes hold the model: ``Sharded`` with FSDP, else ``Replicated``."""
+    """How the processes hold the model: ``Sharded`` with FSDP, else ``Replicated`` (DeepSpeed's
+    ``ZeRO`` is made by ``zero.zero_layout``)."""
     if not fsdp:
         return Replicated(procs)
     # accelerate's setting: true/false (FSDP2) or an FSDP1 strategy name (SHARD_GRAD_OP keeps layers gathered)

@@ -34,7 +34,7 @@ from unigrad.experience import (
 from unigrad.methods.compose import build_objective
 from unigrad.models import load_model, save_model
 from unigrad.objectives import kl_estimate
-from unigrad.optim import apply_update, check_in_backward, learning_rate, make_optimizer
+from unigrad.optim import check_in_backward, learning_rate, make_optimizer
 from unigrad.policy import collate, reference_logprobs, shared_prompt_logprobs, shares_prompts, token_logprobs
 
 log = logging.getLogger("unigrad")
@@ -140,7 +140,7 @@ class Trainer:
     device: torch.device
     teacher: object = None
     engine: Engine | None = None          # calls log-prob functions of ``model`` (see distributed.Engine)
-    parallel: object = None                # how processes hold the model: Replicated or Sharded
+    parallel: object = None                # how processes hold the model: Replicated, Sharded or ZeRO
     sampling_model: object = None          # what generation runs on (the policy, or its whole copy under FSDP)
 
     def __post_init__(self):
@@ -284,15 +284,23 @@ def check_requirements(objective, config: RunConfig) -> None:
                           "(got 'sft')")
 
 
-def _uses_fsdp(config: RunConfig, procs: Processes) -> bool:
-    """``train.fsdp``, or launched by ``accelerate launch --use_fsdp`` (which sets ACCELERATE_USE_FSDP);
-    what FSDP does not cover yet is refused with the reason."""
-    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
-        raise ConfigError("DeepSpeed is not supported: unigrad normalises and sums gradients over processes itself, "
-                          "which DeepSpeed's engine would redo. Launch with FSDP instead (accelerate launch --use_fsdp "
-                          "..., or train.fsdp: true), which shards parameters, gradients and optimiser state like ZeRO-3")
-    if not (config.train.fsdp or os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"):
-        return False
+def _layout(config: RunConfig, procs: Processes, dtype: torch.dtype):
+    """How the processes hold the model: FSDP (``train.fsdp``, or ``accelerate launch --use_fsdp``),
+    DeepSpeed ZeRO (``train.deepspeed: S``, or ``accelerate launch --use_deepspeed``), or replicated;
+    what the sharded layouts do not cover yet is refused with the reason."""
+    launched = {name: os.environ.get(f"ACCELERATE_USE_{name.upper()}", "").lower() == "true"
+                for name in ("fsdp", "deepspeed")}
+    fsdp = config.train.fsdp or launched["fsdp"]
+    stage = config.train.deepspeed or (int(os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") or 2)
+                                       if launched["deepspeed"] else 0)
+    if not (fsdp or stage):
+        return layout(False, procs)
+    name = "train.fsdp" if fsdp else "train.deepspeed"
+    if fsdp and stage:
+        raise ConfigError("train.fsdp and train.deepspeed (or accelerate launch --use_fsdp / --use_deepspeed): "
+                          "choose one way to shard the model")
+    if not fsdp and stage not in (1, 2, 3):
+        raise ConfigError(f"train.deepspeed: {stage} is not a ZeRO stage (1, 2 or 3; 0 turns DeepSpeed off)")
     why = []
     if procs.world == 1:
         why.append("one process (launch several: unigrad train --nproc P, torchrun or accelerate launch)")
@@ -302,13 +310,18 @@ def _uses_fsdp(config: RunConfig, procs: Processes) -> bool:
         why.append("rollout.dynamic_sampling (a step may leave a process without micro-batches, and every "
                    "process must run the same layer calls)")
     if config.teacher.name:
-        why.append("a teacher (teacher.name): distillation under FSDP is not implemented")
+        why.append("a teacher (teacher.name): distillation on sharded models is not implemented")
     if config.model.lora:
-        why.append("LoRA (model.lora): adapters under FSDP are not implemented")
+        why.append("LoRA (model.lora): adapters on sharded models are not implemented")
     if why:
-        raise ConfigError("train.fsdp: FSDP cannot run with " + "; ".join(why))
-    log.info("FSDP2: parameters, gradients and optimiser state sharded over %d processes", procs.world)
-    return True
+        raise ConfigError(f"{name}: {'FSDP' if fsdp else 'DeepSpeed'} cannot run with " + "; ".join(why))
+    if fsdp:
+        log.info("FSDP2: parameters, gradients and optimiser state sharded over %d processes", procs.world)
+        return layout(True, procs)
+    from unigrad.zero import zero_layout
+    zero = zero_layout(procs, stage, config.train, dtype)
+    log.info("DeepSpeed ZeRO stage %d over %d processes", zero.stage, procs.world)
+    return zero
 
 
 def _load_reward(config: RunConfig):
@@ -344,14 +357,13 @@ def optimise(trainer: Trainer, experience: Experience, whole: Batch, optimizer, 
         loss_sum, objective_sum, metrics = 0.0, 0.0, {}
         for chunk in mine:
             out, n = trainer.batch_loss(experience, experience.rows_of(chunk), whole)
-            out.loss.backward()
+            trainer.parallel.backward(trainer.engine, out.loss)
             loss_sum += float(out.loss.detach())
             objective_sum += float(out.objective)
             tokens += n
             for key, value in out.metrics.items():
                 metrics[key] = metrics.get(key, 0.0) + float(value) / len(mine)
-        trainer.parallel.reduce_gradients(params)
-        grad_norm = apply_update(optimizer, params, t.max_grad_norm)
+        grad_norm = trainer.parallel.update(trainer.engine, optimizer, params, t.max_grad_norm)
     if procs.world > 1:
         loss_sum, objective_sum, tokens = procs.sum(loss_sum), procs.sum(objective_sum), int(procs.sum(tokens))
         metrics = {key: procs.sum(value) / procs.world for key, value in sorted(metrics.items())}
@@ -363,7 +375,8 @@ def train(config: RunConfig, resume: bool = False, progress: bool = True) -> dic
     checkpoint in ``output_dir`` and reaches the same result as an uninterrupted run."""
     t, online = config.train, config.data.format == "prompts"
     procs = processes()
-    parallel = layout(_uses_fsdp(config, procs), procs)
+    device = torch.device(f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu")
+    parallel = _layout(config, procs, _dtype(config.model.dtype, device))
     if t.batch_size % (procs.world * t.grad_accum):
         raise ConfigError(f"train.batch_size ({t.batch_size}) must be a multiple of processes × train.grad_accum "
                           f"({procs.world} × {t.grad_accum})")
@@ -375,7 +388,6 @@ def train(config: RunConfig, resume: bool = False, progress: bool = True) -> dic
     objective = build_objective(config.method)
     check_requirements(objective, config)
     _seed_everything(t.seed)
-    device = torch.device(f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu")
     model, tokenizer = load_model(config.model.name, dtype=_dtype(config.model.dtype, device), device=device,
                                   trust_remote_code=config.model.trust_remote_code)
 
@@ -419,10 +431,11 @@ def train(config: RunConfig, resume: bool = False, progress: bool = True) -> dic
         teacher, _ = load_model(config.teacher.name, dtype=_dtype(config.model.dtype, device), device=device,
                                 trust_remote_code=config.model.trust_remote_code)
         teacher.requires_grad_(False)
-    # what generation runs on, taken before sharding: the policy, or its whole copy under FSDP
+    # what generation runs on, taken before sharding: the policy, or its whole copy when it is sharded
     sampling = parallel.sampling_model(model) if online else model
-    trainer = Trainer(config, model, tokenizer, objective, reference, device, teacher, parallel.prepare(model), parallel,
-                      sampling)
+    engine, optimizer = parallel.train_engine(model, lambda trainable: make_optimizer(trainable, t))
+    params = [p for p in model.parameters() if p.requires_grad]
+    trainer = Trainer(config, model, tokenizer, objective, reference, device, teacher, engine, parallel, sampling)
     if online:
         demos = demonstration_rows(train_prompts, tokenizer, config.data.max_length) if "is_demo" in objective.requires else None
         source = RolloutSource(train_prompts, _sampler(config, sampling, tokenizer, procs), reward_fn, config.rollout,
@@ -431,8 +444,6 @@ def train(config: RunConfig, resume: bool = False, progress: bool = True) -> dic
     if on_policy and reference is not None and reference.table is not None:
         raise ConfigError("method: on-policy samples need reference log-probs per batch; set reference.precompute: false")
     policy_sampler = _sampler(config, model, tokenizer, procs) if on_policy else None
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = make_optimizer(params, t)
 
     start = 0
     checkpoints = out_dir / "checkpoints"
