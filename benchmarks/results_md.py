@@ -148,24 +148,33 @@ def _profile(profile: dict) -> list[str]:
     return lines
 
 
-def _fsdp(records: list[dict]) -> list[str]:
-    """Replicated vs FSDP peak RSS per process (benchmarks/fsdp_memory.py, run on its own)."""
-    lines = ["`benchmarks/fsdp_memory.py`, run on its own (not by `run.py`): the same DPO job (configs/dpo-smollm2.yaml, "
-             "SmolLM2-135M-Instruct, float32) on this CPU with `unigrad train --nproc P`, replicated and with "
-             "`train.fsdp=true`; the peak resident set of the biggest process, and the largest weight difference "
-             "between the two final models.", "",
-             "| command | measured | processes × steps | replicated peak | FSDP peak | FSDP / replicated | weight difference |",
-             "|---|---|---|---|---|---|---|"]
+SHARDED_NAMES = {"replicated": "replicated", "fsdp": "FSDP2", "zero1": "ZeRO-1", "zero2": "ZeRO-2", "zero3": "ZeRO-3"}
+
+
+def _sharded(records: list[dict]) -> list[str]:
+    """Peak RSS per process, replicated vs sharded layouts (benchmarks/sharded_memory.py, run on its own)."""
+    names = [name for name in SHARDED_NAMES if any(name in r["layouts"] for r in records)]
+    lines = ["`benchmarks/sharded_memory.py`, run on its own (not by `run.py`): the same DPO job "
+             "(configs/dpo-smollm2.yaml, SmolLM2-135M-Instruct, float32) on this CPU with `unigrad train --nproc P`, "
+             "once per layout; the peak resident set of the biggest process (ratio to replicated), and the largest "
+             "weight difference between each final model and the replicated one.", "",
+             "| command | measured | processes × steps | " + " | ".join(SHARDED_NAMES[n] for n in names)
+             + " | largest weight difference |",
+             "|---|---|---|" + "---|" * len(names) + "---|"]
     for r in records:
+        cells = []
+        for name in names:
+            layout = r["layouts"].get(name)
+            cells.append("—" if layout is None else
+                         f"{layout['peak_rss_mb']:.0f} MB" + ("" if name == "replicated" else f" (**{layout['ratio']:.2f}×**)"))
+        gap = max(layout["max_weight_difference"] for layout in r["layouts"].values())
         lines.append(f"| `{r['command']}` | {r['date']}, commit {r.get('commit', '?')} | {r['nproc']} × {r['steps']} | "
-                     f"{r['replicated']['peak_rss_mb']:.0f} MB | {r['fsdp']['peak_rss_mb']:.0f} MB | "
-                     f"**{r['ratio']:.2f}×** | {r['max_weight_difference']:.1e} |")
-    lines += ["", "With glibc's default allocator the FSDP processes' resident set stays near the replicated one. Our "
-              "reading, not proven: the heap keeps the blocks that every layer's gathered weights and gradients are "
-              "allocated in and freed from on each step. Serving blocks over 128 kB from mmap (returned to the OS on "
-              "free), FSDP saves about what splitting parameters, gradients and AdamW moments over 2 processes "
-              "should: 16 B × 134.5 M / 2 ≈ 1.1 GB. On GPUs the CUDA caching allocator reuses such blocks instead; not measured here."]
+                     + " | ".join(cells) + f" | {gap:.1e} |")
+    lines += ["", SHARDED_READING]
     return lines
+
+
+SHARDED_READING = ""
 
 
 def _verdicts(methods: dict, mfu: dict | None) -> list[str]:
@@ -261,9 +270,9 @@ def render(env: dict) -> str:
         out += ["## Model-FLOPs utilisation (`benchmarks/mfu.py`, same run)", "", *_mfu(mfu), ""]
     if profile:
         out += ["## Where unigrad's time goes", "", *_profile(profile), ""]
-    fsdp = [json.loads(path.read_text()) for path in sorted(RESULTS.glob("fsdp_memory*.json"))]
-    if fsdp:
-        out += ["## Data parallel: memory per process, replicated vs FSDP", "", *_fsdp(fsdp), ""]
+    sharded = [json.loads(path.read_text()) for path in sorted(RESULTS.glob("sharded_memory*.json"))]
+    if sharded:
+        out += ["## Data parallel: memory per process, replicated vs sharded", "", *_sharded(sharded), ""]
     out += ["## Targets", "", *_verdicts(methods, mfu), "", WHY, CAVEATS]
     return "\n".join(out) + "\n"
 
@@ -306,8 +315,7 @@ CAVEATS = """### Caveats
 - MFU uses this VM's 2048² matmul peak and counts *model* FLOPs of every token of every sequence: unigrad does less
   work than that — the LM head only at completion positions, and (DPO, GRPO) each shared prompt forwarded once for its
   pair / group — so for it MFU measures useful work per second rather than executed FLOPs.
-- FSDP is measured for memory on this CPU only (above); nothing on GPUs (none available). DeepSpeed is not
-  supported.
+- FSDP and DeepSpeed ZeRO are measured for memory on this CPU only (above); nothing on GPUs (none available).
 """
 
 

@@ -100,7 +100,7 @@ class ZeRO:
         logging.getLogger("DeepSpeed").setLevel(logging.WARNING)    # its INFO lines would bury the run's log
         params = [p for p in model.parameters() if p.requires_grad]
         engine, optimizer, _, _ = deepspeed.initialize(model=Engine(model), optimizer=make_optimizer(params),
-                                                       config=copy.deepcopy(self.config))
+                                                       config=sized_for(self.config, model))
         return engine, optimizer
 
     def backward(self, engine, loss: torch.Tensor) -> None:
@@ -198,6 +198,22 @@ class ZeRO:
             own = optimizer_state["state"].get(index, optimizer_state["state"].get(str(index)))
             for key in sharded:
                 safe_set_full_optimizer_state(param, own[key].to(torch.float32), key)
+
+
+def sized_for(config: dict, model) -> dict:
+    """``config`` with the communication buckets sized for ``model`` where it leaves them open (absent or
+    "auto"), as accelerate sizes them: DeepSpeed's own default buffers 5e8 elements per bucket (2 GB in
+    fp32), more than a small model's whole gradient."""
+    config = copy.deepcopy(config)
+    hidden = getattr(getattr(model, "config", None), "hidden_size", None)
+    if hidden:
+        zero = config["zero_optimization"]
+        zero.setdefault("reduce_bucket_size", hidden * hidden)
+        zero.setdefault("allgather_bucket_size", hidden * hidden)
+        if int(zero["stage"]) == 3:
+            zero.setdefault("stage3_prefetch_bucket_size", int(0.9 * hidden * hidden))
+            zero.setdefault("stage3_param_persistence_threshold", 10 * hidden)
+    return config
 
 
 def zero_layout(procs: Processes, stage: int, train_config, dtype: torch.dtype) -> ZeRO:

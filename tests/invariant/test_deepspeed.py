@@ -96,7 +96,7 @@ def _resumed_copy(tmp_path, written_by: str, name: str):
 
 def test_deepspeed_config_is_checked_against_unigrads(tmp_path):
     from unigrad.config import ConfigError
-    from unigrad.zero import deepspeed_config
+    from unigrad.zero import deepspeed_config, sized_for
 
     def written(fields: dict) -> str:
         path = tmp_path / "ds.json"
@@ -116,6 +116,13 @@ def test_deepspeed_config_is_checked_against_unigrads(tmp_path):
         deepspeed_config(2, 1.0, torch.float32, 1, written({"optimizer": {"type": "Adam"}}))
     with pytest.raises(ConfigError, match=r"ds.json: field 'gradient_clipping' is 0.5.*train.max_grad_norm"):
         deepspeed_config(2, 1.0, torch.float32, 1, written({"gradient_clipping": 0.5}))
+    from types import SimpleNamespace
+    model = SimpleNamespace(config=SimpleNamespace(hidden_size=64))
+    sized = sized_for(from_file, model)["zero_optimization"]          # buckets the file left "auto"
+    assert sized["reduce_bucket_size"] == 64 * 64 and sized["stage3_param_persistence_threshold"] == 640
+    assert sized["stage3_max_live_parameters"] == 1000                  # the file's own value kept
+    assert sized_for(deepspeed_config(2, 1.0, torch.float32, 1), model)["zero_optimization"].get(
+        "stage3_prefetch_bucket_size") is None                          # stage-3 settings only at stage 3
     with pytest.raises(ConfigError, match="float16"):
         deepspeed_config(2, 1.0, torch.float16, 1)
     with pytest.raises(ConfigError, match="stage 4"):
