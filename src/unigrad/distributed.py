@@ -51,17 +51,23 @@ class Processes:
         dist.all_reduce(tensor)
         return float(tensor[0])
 
-    def sum_gradients(self, params: list[torch.Tensor]) -> None:
-        """Σ over processes of every parameter's gradient, in one flat all-reduce."""
+    def sum_gradients(self, params: list[torch.Tensor], bucket_elements: int = 2 ** 24) -> None:
+        """Σ over processes of every parameter's gradient, in place, in all-reduces of about
+        ``bucket_elements`` values (a parameter at least that big is reduced on its own gradient), so
+        the sum needs one bucket of extra memory, not a second copy of all gradients."""
         if self.world == 1:
             return
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        dist.all_reduce(flat)
-        offset = 0
-        for p, g in zip(params, grads):
-            p.grad = flat[offset:offset + g.numel()].view_as(g).clone()
-            offset += g.numel()
+        bucket, size = [], 0
+        for p in params:
+            if p.grad is None:          # every process must reduce the same tensors
+                p.grad = torch.zeros_like(p)
+            bucket.append(p.grad)
+            size += p.grad.numel()
+            if size >= bucket_elements:
+                _all_reduce_in_place(bucket)
+                bucket, size = [], 0
+        if bucket:
+            _all_reduce_in_place(bucket)
 
     def broadcast_parameters(self, model) -> None:
         """Start every process from rank 0's weights."""
@@ -82,6 +88,18 @@ class Processes:
         out = [None] * self.world
         dist.all_gather_object(out, value)
         return out
+
+
+def _all_reduce_in_place(tensors: list[torch.Tensor]) -> None:
+    if len(tensors) == 1 and tensors[0].is_contiguous():
+        dist.all_reduce(tensors[0])
+        return
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    dist.all_reduce(flat)
+    offset = 0
+    for t in tensors:
+        t.copy_(flat[offset:offset + t.numel()].view_as(t))
+        offset += t.numel()
 
 
 def concat_rollouts(parts: list):
