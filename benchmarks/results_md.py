@@ -174,7 +174,23 @@ def _sharded(records: list[dict]) -> list[str]:
     return lines
 
 
-SHARDED_READING = ""
+SHARDED_READING = """What the live tensors should give, per process with 2 processes (fp32, AdamW: 4 B each of weights, gradient
+and two moments per parameter, 134.5 M parameters): replicated 2.15 GB; ZeRO-1 splits the moments (−0.54 GB) but
+DeepSpeed keeps an fp32 master copy of each process's shard beside the model's weights (+0.27 GB); ZeRO-2 also
+splits the gradients; FSDP2 and ZeRO-3 split everything (1.08 GB). At this size the resident peaks follow that only
+partly:
+
+- The replicated layout sums gradients in place, one 64 MB bucket at a time (before 2026-11-23 it built a flat copy
+  of all gradients and cloned it back, and its peak here was 3725 MB / 3538 MB).
+- With glibc's default allocator, freed blocks stay in the heap: FSDP2 and ZeRO-3 allocate and free every layer's
+  gathered weights and gradients on each step, and their peaks end above the replicated one. Serving blocks over
+  128 kB from mmap (returned to the OS on free) shows the split: FSDP2 0.78×.
+- ZeRO-3's live tensors after a step, counted on process 0, are 1.28 GB (its fp32 shard, the two moments, the
+  gradient shard, the model's own shards), yet its peak is the highest: the transient buffers of its gather /
+  reduce-scatter, which neither setting of `stage3_max_live_parameters` we tried (DeepSpeed's 1e9, and 0) changed.
+  Not investigated further; on GPUs DeepSpeed's and the CUDA caching allocator's behaviour differ, not measured here.
+- Every process first loads the whole model (no `deepspeed.zero.Init` or meta-device loading), which bounds the
+  model size by one process's memory at start."""
 
 
 def _verdicts(methods: dict, mfu: dict | None) -> list[str]:
