@@ -310,12 +310,16 @@ WHY = """### Why the missed targets are missed
   optimiser over 134.5 M fp32 parameters (fused AdamW ~85 ms), the grad-norm clip and the dense 49152×576 embedding
   gradient are paid per step however few tokens there are, which is also why MFU is lower for SFT than for DPO. Both
   rise with larger batches.
+- **Speed targets near the line (DPO 1.5×, the GRPO step 2×) are within the run-to-run spread** (caveats below):
+  DPO measured 1.48–1.82× and the GRPO step 1.86–2.03× over the full runs of 2026-11-23, so one run can land on
+  either side. SFT stays below 1.5× in every run (1.28–1.39×), for the fixed costs above.
 - **GRPO's generation is the same work on both sides** (an HF forward with a KV cache, one token per step, its cost
-  set by reading all weights for a handful of rows); unigrad shares each prompt's prefill across its group and drops
+  set by reading all weights for a handful of rows: `benchmarks/decode_profile.py` finds 69% of unigrad's decoding
+  in `aten::mm`, ~49 ms per step for ~0.54 GB of weights, i.e. memory-bound, and 8% in the KV cache's per-token `cat`); unigrad shares each prompt's prefill across its group and drops
   finished rows, TRL's `generate` keeps them, but per generated token the decode costs about the same. unigrad's gain
   is in the training phase: the group's prompt is forwarded once and its KV cache shared by the group's completions
-  (`train.share_prompts`), no padding, the LM head only at completion positions, no entropy pass. 2× on the whole
-  step would need faster decoding as well (vLLM on a GPU, which this CPU run cannot use).
+  (`train.share_prompts`), no padding, the LM head only at completion positions, no entropy pass. A clear 2× on the
+  whole step needs faster decoding as well (vLLM on a GPU, which this CPU run cannot use).
 """
 
 CAVEATS = """### Caveats
@@ -325,9 +329,9 @@ CAVEATS = """### Caveats
   the same samples and the completion lengths above are one draw per side, not an average (tokens/s normalises
   for length only partly: a batch decodes as long as its longest sample). Steps whose 4 prompts all got equal
   rewards have zero advantages (loss 0) but still do the full work.
-- Run-to-run spread between whole `run.py` invocations is larger than within one: over three full runs on 2026-11-23
-  TRL's medians moved by up to ~20% (DPO 140–177 tok/s), unigrad's by ~5%, so the ratios moved too (SFT
-  1.28–1.39×, DPO 1.50–1.82×). Read the ratios to about ±0.15.
+- Run-to-run spread between whole `run.py` invocations is larger than within one: over four full runs on 2026-11-23
+  TRL's medians moved by up to ~25% (DPO 140–177 tok/s), unigrad's by ~5%, so the ratios moved too (SFT
+  1.28–1.39×, DPO 1.48–1.82×; the GRPO step 1.86× and 2.03× in the last two). Read the ratios to about ±0.15.
 - MFU uses this VM's 2048² matmul peak and counts *model* FLOPs of every token of every sequence: unigrad does less
   work than that — the LM head only at completion positions, and (DPO, GRPO) each shared prompt forwarded once for its
   pair / group — so for it MFU measures useful work per second rather than executed FLOPs.
