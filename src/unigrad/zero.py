@@ -22,6 +22,7 @@ import json
 import logging
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -42,11 +43,12 @@ def deepspeed_config(stage: int, max_grad_norm: float | None, dtype: torch.dtype
     base = {}
     if user_file:
         try:
-            base = json.loads(open(user_file).read())
+            base = json.loads(Path(user_file).read_text())
         except (OSError, ValueError) as error:
             raise ConfigError(f"DeepSpeed config {user_file}: {error}") from None
         for key, owner in _OWNED.items():
-            if key in base and not (key in ("fp16", "bf16") and not base[key].get("enabled", False)):
+            turned_off = key in ("fp16", "bf16") and base.get(key, {}).get("enabled", False) in (False, "auto")
+            if key in base and not turned_off:
                 raise ConfigError(f"DeepSpeed config {user_file}: field {key!r} is set by unigrad's {owner}; "
                                   "remove it from the file")
         for key, ours in (("gradient_accumulation_steps", grad_accum), ("gradient_clipping", max_grad_norm or 0.0)):
@@ -54,7 +56,8 @@ def deepspeed_config(stage: int, max_grad_norm: float | None, dtype: torch.dtype
                 raise ConfigError(f"DeepSpeed config {user_file}: field {key!r} is {base[key]}, but the unigrad "
                                   f"config says {ours} (train.{'grad_accum' if 'accum' in key else 'max_grad_norm'})"
                                   "; set it to \"auto\" or remove it")
-        base = {key: value for key, value in base.items() if value != "auto"}
+        # what is left of the sections unigrad owns is turned off or "auto": model.dtype decides below
+        base = {key: value for key, value in base.items() if value != "auto" and key not in _OWNED}
     zero = {key: value for key, value in base.get("zero_optimization", {}).items() if value != "auto"}
     if user_file is None or "stage" not in zero:
         zero["stage"] = stage
@@ -237,8 +240,11 @@ def zero_layout(procs: Processes, stage: int, train_config, dtype: torch.dtype) 
     except ImportError:
         raise ConfigError("DeepSpeed is not installed: pip install --no-build-isolation 'deepspeed>=0.19' "
                           "(without --no-build-isolation pip builds it against a freshly downloaded torch)") from None
-    config = deepspeed_config(stage, train_config.max_grad_norm, dtype, train_config.grad_accum,
-                              os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE") or None,
+    user_file = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE") or None
+    config = deepspeed_config(stage, train_config.max_grad_norm, dtype, train_config.grad_accum, user_file,
                               os.environ.get("ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE"),
                               os.environ.get("ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE"))
+    if train_config.deepspeed and int(config["zero_optimization"]["stage"]) != train_config.deepspeed:
+        raise ConfigError(f"train.deepspeed: {train_config.deepspeed}, but the DeepSpeed config {user_file} says "
+                          f"zero_optimization.stage {config['zero_optimization']['stage']}; give the stage once")
     return ZeRO(procs, config)

@@ -114,6 +114,9 @@ def test_deepspeed_config_is_checked_against_unigrads(tmp_path):
     assert from_file["gradient_accumulation_steps"] == 1                 # the loop owns accumulation
     with pytest.raises(ConfigError, match=r"ds.json: field 'optimizer' is set by unigrad's train.optimizer"):
         deepspeed_config(2, 1.0, torch.float32, 1, written({"optimizer": {"type": "Adam"}}))
+    assert "bf16" not in deepspeed_config(2, 1.0, torch.float32, 1, written({"bf16": {"enabled": "auto"}}))
+    with pytest.raises(ConfigError, match=r"ds.json: field 'bf16' is set by unigrad's model.dtype"):
+        deepspeed_config(2, 1.0, torch.float32, 1, written({"bf16": {"enabled": True}}))
     with pytest.raises(ConfigError, match=r"ds.json: field 'gradient_clipping' is 0.5.*train.max_grad_norm"):
         deepspeed_config(2, 1.0, torch.float32, 1, written({"gradient_clipping": 0.5}))
     from types import SimpleNamespace
@@ -145,6 +148,13 @@ def test_what_deepspeed_refuses(tmp_path, monkeypatch):
     lamb = load_config(str(ROOT / "configs" / "tiny-dpo.yaml"), ["train.optimizer=lamb"]).train
     with pytest.raises(ConfigError, match="train.optimizer: 'lamb' under DeepSpeed.*element-wise"):
         zero_layout(two, 2, lamb, torch.float32)
+    (tmp_path / "ds.json").write_text(json.dumps({"zero_optimization": {"stage": 3}}))
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_CONFIG_FILE", str(tmp_path / "ds.json"))
+    with pytest.raises(ConfigError, match="train.deepspeed: 2, but the DeepSpeed config .*ds.json says "
+                                          "zero_optimization.stage 3"):
+        zero_layout(two, 2, load_config(str(ROOT / "configs" / "tiny-dpo.yaml"), ["train.deepspeed=2"]).train,
+                    torch.float32)
+    monkeypatch.delenv("ACCELERATE_DEEPSPEED_CONFIG_FILE")
     monkeypatch.setenv("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "4")
     with pytest.raises(ConfigError, match="ACCELERATE_GRADIENT_ACCUMULATION_STEPS=4.*train.grad_accum: 1"):
         zero_layout(two, 2, config.train, torch.float32)
