@@ -1,13 +1,12 @@
 """DeepSpeed ZeRO (stages 1-3, gloo on CPU): two processes give the same update as one process, offline
 and online, and checkpoints resume across layouts; the DeepSpeed config is checked against unigrad's."""
 import json
-import shutil
-import sys
 
 import pytest
 import torch
 
-from test_two_processes import OFFLINE, ONLINE, ROOT, _final, _max_gap, _train
+from test_two_processes import (OFFLINE, ONLINE, RESUMABLE, ROOT, _accelerate, _final, _max_gap, _resumed_copy,
+                                _tied_model, _train)
 
 pytest.importorskip("deepspeed", reason="DeepSpeed is installed by setup.sh; this environment lacks it")
 
@@ -19,9 +18,7 @@ def test_zero_stages_equal_one_process(tmp_path):
     (tmp_path / "ds.json").write_text(json.dumps({
         "zero_optimization": {"stage": 2, "offload_optimizer": {"device": "cpu"}, "reduce_bucket_size": 200000},
         "gradient_clipping": "auto", "train_micro_batch_size_per_gpu": "auto"}))
-    accelerate = (sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
-                  "--mixed_precision", "no", "--dynamo_backend", "no", "--use_deepspeed",
-                  "--deepspeed_config_file", str(tmp_path / "ds.json"))
+    accelerate = _accelerate("--use_deepspeed", "--deepspeed_config_file", str(tmp_path / "ds.json"))
     runs = {1: _train([*OFFLINE, "train.deepspeed=1"], tmp_path / "zero1", "--nproc", "2"),
             2: _train(OFFLINE, tmp_path / "zero2", launcher=accelerate)}
     for stage, result in runs.items():
@@ -34,9 +31,7 @@ def test_zero3_through_accelerate_equals_one_process(tmp_path):
     micro-batches per process (the step is one DeepSpeed boundary), the reference held whole."""
     config = [*OFFLINE, "reference.precompute=false", "train.grad_accum=2"]
     _train(config, tmp_path / "one")
-    accelerate = (sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
-                  "--mixed_precision", "no", "--dynamo_backend", "no", "--use_deepspeed", "--zero_stage", "3")
-    result = _train(config, tmp_path / "two", launcher=accelerate)
+    result = _train(config, tmp_path / "two", launcher=_accelerate("--use_deepspeed", "--zero_stage", "3"))
     assert "DeepSpeed ZeRO stage 3" in result.stderr
     a, b = _final(tmp_path / "one"), _final(tmp_path / "two")
     assert _max_gap(a, b) < 1e-5
@@ -55,8 +50,7 @@ def test_zero3_online_rl_equals_one_process(tmp_path):
 def test_checkpoints_resume_across_zero_layouts(tmp_path):
     """Checkpoints hold full tensors and the optimiser state in the one-process layout: ZeRO-3 → one
     process, one process → ZeRO-2 and → ZeRO-3 all end at the uninterrupted run's weights."""
-    config = [str(ROOT / "configs" / "tiny-dpo.yaml"), "train.steps=4", "train.save_every=2", "train.eval_every=0",
-              "data.eval=null", "train.keep_checkpoints=5"]
+    config = RESUMABLE
     _train(config, tmp_path / "one")
     _train([*config, "train.deepspeed=3"], tmp_path / "zero3", "--nproc", "2")
     for written_by, resumed_with in (("zero3", []), ("one", ["train.deepspeed=2"]), ("one", ["train.deepspeed=3"])):
@@ -69,29 +63,12 @@ def test_checkpoints_resume_across_zero_layouts(tmp_path):
 def test_zero3_resumes_a_tied_embedding_model(tmp_path):
     """SmolLM2 ties its LM head to the embedding: ZeRO-3 saves it tied (no lm_head.weight, like one
     process) and resumes it to the uninterrupted run's weights."""
-    from unigrad.models import save_model, tiny_random_model, tiny_tokenizer
-    tokenizer = tiny_tokenizer()
-    model = tiny_random_model(seed=1, tokenizer=tokenizer)
-    model.config.tie_word_embeddings = True
-    model.tie_weights()
-    save_model(model, tokenizer, tmp_path / "tied")
-    config = [str(ROOT / "configs" / "tiny-dpo.yaml"), f"model.name={tmp_path / 'tied'}", "train.steps=4",
-              "train.save_every=2", "train.eval_every=0", "data.eval=null", "train.keep_checkpoints=5",
-              "train.deepspeed=3"]
+    config = [*RESUMABLE, f"model.name={_tied_model(tmp_path / 'tied')}", "train.deepspeed=3"]
     _train(config, tmp_path / "zero3", "--nproc", "2")
     resumed = _resumed_copy(tmp_path, "zero3", "resumed")
     _train(config, resumed, "--resume", "--nproc", "2")
     assert "lm_head.weight" not in _final(resumed) and "lm_head.weight" not in _final(tmp_path / "zero3")
     assert _max_gap(_final(resumed), _final(tmp_path / "zero3")) < 1e-6
-
-
-def _resumed_copy(tmp_path, written_by: str, name: str):
-    """A copy of run ``written_by`` as if killed after its step-2 checkpoint."""
-    resumed = tmp_path / name
-    shutil.copytree(tmp_path / written_by, resumed)
-    shutil.rmtree(resumed / "final")
-    shutil.rmtree(resumed / "checkpoints" / "step-000004", ignore_errors=True)
-    return resumed
 
 
 def test_deepspeed_config_is_checked_against_unigrads(tmp_path):
@@ -168,7 +145,5 @@ def test_zero3_on_gpus_equals_one_gpu(tmp_path):
     """The documented GPU command, `accelerate launch --use_deepspeed --zero_stage 3` on NCCL, float32."""
     config = [*OFFLINE, "reference.precompute=false", "model.dtype=float32"]
     _train(config, tmp_path / "one")
-    accelerate = (sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
-                  "--mixed_precision", "no", "--dynamo_backend", "no", "--use_deepspeed", "--zero_stage", "3")
-    _train(config, tmp_path / "two", launcher=accelerate)
+    _train(config, tmp_path / "two", launcher=_accelerate("--use_deepspeed", "--zero_stage", "3"))
     assert _max_gap(_final(tmp_path / "one"), _final(tmp_path / "two")) < 1e-4

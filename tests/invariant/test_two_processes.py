@@ -43,6 +43,38 @@ def _one_and_two_processes(tmp_path: Path, config: list[str], two: tuple = ()) -
     return _final(tmp_path / "one"), _final(tmp_path / "two")
 
 
+def _accelerate(*flags: str) -> tuple:
+    """``accelerate launch`` with two processes on this machine, no mixed precision, and ``flags``."""
+    return (sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
+            "--mixed_precision", "no", "--dynamo_backend", "no", *flags)
+
+
+# four steps with a checkpoint after step 2 (for the resume tests)
+RESUMABLE = [str(ROOT / "configs" / "tiny-dpo.yaml"), "train.steps=4", "train.save_every=2", "train.eval_every=0",
+             "data.eval=null", "train.keep_checkpoints=5"]
+
+
+def _resumed_copy(tmp_path: Path, written_by: str, name: str) -> Path:
+    """A copy of run ``written_by`` as if killed after its step-2 checkpoint."""
+    resumed = tmp_path / name
+    shutil.copytree(tmp_path / written_by, resumed)
+    shutil.rmtree(resumed / "final")
+    shutil.rmtree(resumed / "checkpoints" / "step-000004", ignore_errors=True)
+    return resumed
+
+
+def _tied_model(folder: Path) -> str:
+    """A tiny model whose LM head is its embedding (as SmolLM2's is), saved to ``folder``; its name."""
+    from unigrad.models import save_model, tiny_random_model, tiny_tokenizer
+    tokenizer = tiny_tokenizer()
+    model = tiny_random_model(seed=1, tokenizer=tokenizer)
+    model.config.tie_word_embeddings = True
+    model.tie_weights()
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    save_model(model, tokenizer, folder)
+    return str(folder)
+
+
 def test_two_processes_equal_one(tmp_path):
     a, b = _one_and_two_processes(tmp_path, OFFLINE)
     assert _max_gap(a, b) < 1e-5
@@ -54,10 +86,7 @@ def test_fsdp_through_accelerate_equals_one_process(tmp_path):
     pairs through the shared-prompt forward; the same update as one process."""
     config = [*OFFLINE, "reference.precompute=false"]
     _train(config, tmp_path / "one")
-    accelerate = (sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2",
-                  "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                  "--use_fsdp", "--fsdp_version", "2")
-    result = _train(config, tmp_path / "two", launcher=accelerate)
+    result = _train(config, tmp_path / "two", launcher=_accelerate("--use_fsdp", "--fsdp_version", "2"))
     assert "FSDP" in result.stderr            # it did shard
     a, b = _final(tmp_path / "one"), _final(tmp_path / "two")
     assert _max_gap(a, b) < 1e-5
@@ -69,15 +98,11 @@ def test_fsdp_through_accelerate_equals_one_process(tmp_path):
 def test_checkpoints_resume_across_layouts(tmp_path):
     """A checkpoint written by FSDP holds full tensors in the one-process layout: one process resumes
     it (and FSDP resumes a one-process checkpoint) to the same weights as the uninterrupted run."""
-    config = [str(ROOT / "configs" / "tiny-dpo.yaml"), "train.steps=4", "train.save_every=2", "train.eval_every=0",
-              "data.eval=null", "train.keep_checkpoints=5"]
+    config = RESUMABLE
     _train(config, tmp_path / "one")
     _train([*config, "train.fsdp=true"], tmp_path / "fsdp", "--nproc", "2")
     for written_by, resumed_with in (("fsdp", []), ("one", ["--nproc", "2"])):
-        resumed = tmp_path / f"{written_by}-resumed"
-        shutil.copytree(tmp_path / written_by, resumed)
-        shutil.rmtree(resumed / "final")
-        shutil.rmtree(resumed / "checkpoints" / "step-000004", ignore_errors=True)
+        resumed = _resumed_copy(tmp_path, written_by, f"{written_by}-resumed")
         fsdp = ["train.fsdp=true"] if resumed_with else []
         result = _train([*config, *fsdp], resumed, "--resume", *resumed_with)
         assert "resumed from" in result.stderr + result.stdout
@@ -93,9 +118,7 @@ def test_fsdp_on_gpus_equals_one_gpu(tmp_path):
     the same weights as one GPU (to 1e-4: NCCL sums in a different order)."""
     config = [*OFFLINE, "reference.precompute=false", "model.dtype=float32"]
     _train(config, tmp_path / "one")
-    accelerate = (sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
-                  "--mixed_precision", "no", "--dynamo_backend", "no", "--use_fsdp", "--fsdp_version", "2")
-    _train(config, tmp_path / "two", launcher=accelerate)
+    _train(config, tmp_path / "two", launcher=_accelerate("--use_fsdp", "--fsdp_version", "2"))
     assert _max_gap(_final(tmp_path / "one"), _final(tmp_path / "two")) < 1e-4
 
 
@@ -126,21 +149,9 @@ def test_single_process_fsdp_is_refused(tmp_path, monkeypatch):
 def test_fsdp_resumes_a_tied_embedding_model(tmp_path):
     """SmolLM2 ties its LM head to the embedding, so its HF checkpoint has no lm_head.weight: FSDP saves
     it the same way and resumes it with the tie kept, to the uninterrupted run's weights."""
-    from unigrad.models import save_model, tiny_random_model, tiny_tokenizer
-    tokenizer = tiny_tokenizer()
-    model = tiny_random_model(seed=1, tokenizer=tokenizer)
-    model.config.tie_word_embeddings = True
-    model.tie_weights()
-    assert model.lm_head.weight is model.model.embed_tokens.weight
-    save_model(model, tokenizer, tmp_path / "tied")
-    config = [str(ROOT / "configs" / "tiny-dpo.yaml"), f"model.name={tmp_path / 'tied'}", "train.steps=4",
-              "train.save_every=2", "train.eval_every=0", "data.eval=null", "train.keep_checkpoints=5",
-              "train.fsdp=true"]
+    config = [*RESUMABLE, f"model.name={_tied_model(tmp_path / 'tied')}", "train.fsdp=true"]
     _train(config, tmp_path / "fsdp", "--nproc", "2")
-    resumed = tmp_path / "resumed"
-    shutil.copytree(tmp_path / "fsdp", resumed)
-    shutil.rmtree(resumed / "final")
-    shutil.rmtree(resumed / "checkpoints" / "step-000004", ignore_errors=True)
+    resumed = _resumed_copy(tmp_path, "fsdp", "resumed")
     result = _train(config, resumed, "--resume", "--nproc", "2")
     assert "resumed from" in result.stderr + result.stdout
     final = _final(resumed)
