@@ -30,7 +30,8 @@ from unigrad.config import load_config
 from unigrad.data import read_records, tokenize
 from unigrad.diagnostics import ches_scores
 from unigrad.models import load_model
-from unigrad.policy import collate, token_logprobs
+from unigrad.data.packing import collate
+from unigrad.logprobs import token_logprobs
 
 PAIRS = Path(__file__).resolve().parents[1] / "src" / "unigrad" / "resources" / "data" / "pairs" / "train.jsonl"
 

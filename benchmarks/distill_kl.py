@@ -17,9 +17,9 @@ import torch
 
 from unigrad.config import load_config
 from unigrad.data import load_dataset_sequences
-from unigrad.distill import teacher_topk
+from unigrad.logprobs import teacher_topk
 from unigrad.models import load_model
-from unigrad.policy import collate
+from unigrad.data.packing import collate
 from unigrad.train import train
 
 ROOT = Path(__file__).resolve().parents[1]

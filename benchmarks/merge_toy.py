@@ -32,7 +32,8 @@ from unigrad.cli import main as cli
 from unigrad.data import load_dataset_sequences
 from unigrad.merge import diagonal_fisher, fisher_merge
 from unigrad.models import load_model, save_model, tiny_random_model, tiny_tokenizer
-from unigrad.policy import collate, token_logprobs
+from unigrad.data.packing import collate
+from unigrad.logprobs import token_logprobs
 
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 

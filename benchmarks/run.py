@@ -77,7 +77,8 @@ def export_prompts(steps: int, batch: int) -> tuple[Path, list[list[list[int]]]]
     drawn as unigrad's training loop draws them (load_prompt_splits, step_units with train.seed 0)."""
     from types import SimpleNamespace
 
-    from unigrad.experience import load_prompt_splits, step_units
+    from unigrad.data.prompts import load_prompt_splits
+    from unigrad.experience import step_units
     from unigrad.models import load_model
     _, tokenizer = load_model("smollm2-135m-instruct")
     config = SimpleNamespace(data=SimpleNamespace(task=SimpleNamespace(**GRPO_TASK)))

@@ -40,7 +40,8 @@ sys.path.insert(0, str(HERE.parent / "src"))
 from unigrad.config import load_config  # noqa: E402
 from unigrad.data import load_dataset_sequences  # noqa: E402
 from unigrad.models import load_model, save_model, tiny_random_model, tiny_tokenizer  # noqa: E402
-from unigrad.policy import collate, token_logprobs  # noqa: E402
+from unigrad.data.packing import collate  # noqa: E402
+from unigrad.logprobs import token_logprobs  # noqa: E402
 from unigrad.train import train  # noqa: E402
 
 SYLLABLES = ["zor", "bek", "quel", "mar", "tis", "van", "dru", "pel", "kos", "rin", "fal", "nox", "ber", "lim",
@@ -87,7 +88,7 @@ def run_scored(text: str, sequences, pad_id: int) -> list[dict]:
     The loop is not changed: its ``load_model`` and ``apply_update`` are wrapped for the run, so no
     checkpoint per step is written (a 135M model's would fill the disk)."""
     import unigrad.optim
-    import unigrad.train as loop
+    import unigrad.run as loop
     load, update, held, points = loop.load_model, unigrad.optim.apply_update, {}, []
 
     def load_and_score(*args, **kwargs):

@@ -66,7 +66,15 @@ class Batch:
         return float(torch.unique(group).numel())
 
     def to_device(self, device) -> "Batch":
+        """This batch with every tensor on ``device``: the row fields, every ``extra`` tensor, the
+        ``step`` batch and ``rows``."""
         moved = {name: getattr(self, name).to(device) for name in _ROW_FIELDS if getattr(self, name) is not None}
+        moved["extra"] = {key: value.to(device) if isinstance(value, Tensor) else value
+                          for key, value in self.extra.items()}
+        if self.step is not None:
+            moved["step"] = self.step.to_device(device)
+        if self.rows is not None:
+            moved["rows"] = self.rows.to(device)
         return dataclasses.replace(self, **moved)
 
     def micro_batch(self, rows: Tensor) -> "Batch":

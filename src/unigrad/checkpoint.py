@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from unigrad.distributed import Processes, Replicated
-from unigrad.models import _is_peft, save_model
+from unigrad.models import is_peft, save_model
+from unigrad.parallel import Processes, Replicated
 
 _STEP = re.compile(r"^step-(\d+)$")
 
@@ -75,7 +75,7 @@ def save_checkpoint(root: Path, step: int, model, tokenizer, optimizer_state: di
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     save_model(model, tokenizer, tmp / "model", weights)
-    if not all(p.requires_grad for p in model.parameters()) or _is_peft(model):
+    if not all(p.requires_grad for p in model.parameters()) or is_peft(model):
         trainable = {name: p.detach().contiguous().cpu() for name, p in model.named_parameters() if p.requires_grad}
         save_file(trainable, str(tmp / "trainable.safetensors"))
     tensors, meta = _optimizer_state(optimizer_state)
@@ -111,7 +111,7 @@ def checkpoint_weights(folder: Path) -> dict:
 
 def load_checkpoint(folder: Path, model, optimizer, layout=None) -> int:
     """Restore parameters, optimiser and RNG state from ``folder``; returns its step. ``layout``: how the
-    processes hold the model (``distributed.Replicated`` or ``Sharded``; default: whole in this process)."""
+    processes hold the model (a ``parallel.Layout``; default: whole in this process)."""
     trainable = checkpoint_weights(folder)
     params = dict(model.named_parameters())
     missing = [name for name, p in params.items() if p.requires_grad and name not in trainable]

@@ -202,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()   # per-save "Writing model shards" bars drown the training bar
+    from unigrad.parallel.zero import quiet_accelerator_notice
+    quiet_accelerator_notice()
     if args.command == "train" and args.nproc > 1 and "WORLD_SIZE" not in os.environ:
         return _relaunch(args, list(sys.argv[1:] if argv is None else argv))
     handler = {"train": _train, "methods": _methods, "eval": _eval, "report": _report}.get(args.command) or args.handler

@@ -58,6 +58,8 @@ class DataConfig:
     truncation: bool = False
     packed: bool = True
     limit: Union[int, None] = None           # use only the first N records (smoke tests)
+    on_policy_fraction: float = 0.0          # fraction λ of steps whose completions the policy samples instead
+                                             # (GKD's on-policy distillation; offline formats)
 
 
 @dataclass(frozen=True)
@@ -123,6 +125,8 @@ class TrainConfig:
     log_every: int = 1
     tensorboard: bool = True
     threads: Union[int, None] = None         # torch CPU threads
+    gradient_estimator: Literal["backprop"] = "backprop"        # how the step's gradient is obtained
+    update_rule: Literal["optimizer_step"] = "optimizer_step"   # how gradients become new parameters
 
 
 @dataclass(frozen=True)
@@ -237,6 +241,10 @@ def validate(config: RunConfig) -> RunConfig:
     for name in ("num_generations", "max_new_tokens", "epochs"):
         _positive(f"rollout.{name}", getattr(r, name))
     _positive("rollout.temperature", r.temperature, allow_zero=True)
+    if not 0.0 <= config.data.on_policy_fraction <= 1.0:
+        raise ConfigError(f"data.on_policy_fraction: must be in [0, 1], got {config.data.on_policy_fraction}")
+    if config.data.on_policy_fraction and config.data.format == "prompts":
+        raise ConfigError("data.on_policy_fraction: with data.format: prompts every step is on-policy already")
     if not isinstance(config.method, dict) or not config.method:
         raise ConfigError("method: expected a mapping such as {name: dpo, beta: 0.1} or {parts: {...}}")
     return config

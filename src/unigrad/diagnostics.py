@@ -33,9 +33,10 @@ from unigrad.tokens import Sequence
 def hidden_sums(model, sequences: _Seq[Sequence], pad_id: int, batch_size: int = 8) -> tuple[Tensor, Tensor]:
     """``(H, n)``: H [S, D] float32, the sum of the last-layer hidden states that predict each
     completion token of each sequence; n [S] its number of completion tokens."""
-    from unigrad.policy import _body_and_head, collate
+    from unigrad.data.packing import collate
+    from unigrad.logprobs import body_and_head
 
-    body, _, _ = _body_and_head(model)
+    body, _, _ = body_and_head(model)
     device = next(model.parameters()).device
     sums, counts = [], []
     for i in range(0, len(sequences), batch_size):

@@ -1,4 +1,5 @@
-"""Evaluating a model on prompts with a reward: greedy accuracy, mean reward, pass@k, best-of-n.
+"""Evaluation: a model on prompts with a reward (greedy accuracy, mean reward, pass@k, best-of-n),
+and a method's objective on a held-out split during training.
 
 ``evaluate_prompts`` runs two passes over the prompts with ``HFSampler``:
 
@@ -20,6 +21,7 @@ import logging
 import time
 from typing import Any, Callable, Iterable, Sequence
 
+import torch
 
 from unigrad.data.prompts import PromptExample, encode_prompts, parse_prompts
 from unigrad.data.sources import Record
@@ -234,3 +236,32 @@ def format_table(result: dict[str, Any]) -> str:
 
 
 __all__ = ["as_examples", "evaluate_prompts", "format_table", "mean_pass_at_k", "pass_at_k"]
+
+
+# ------------------------------------------------------------------------------------------ during training
+
+def evaluate_objective(loss_of: Callable, model, split, batch_size: int, device) -> dict:
+    """The objective and its metrics on a whole dataset split (counts over the split, so sums are
+    exact); ``loss_of(experience, rows, step_batch) -> (Output, tokens)`` is the training step's loss."""
+    was_training = model.training
+    model.eval()
+    experience = split.experience(list(range(len(split.units))))
+    step = experience.step_batch(device)
+    objective, weighted, weight = 0.0, {}, 0.0
+    with torch.no_grad():
+        for start in range(0, len(experience.units), batch_size):
+            units = list(range(start, min(start + batch_size, len(experience.units))))
+            out, _ = loss_of(experience, experience.rows_of(units), step)
+            objective += float(out.objective)
+            for key, value in out.metrics.items():
+                weighted[key] = weighted.get(key, 0.0) + float(value) * len(units)
+            weight += len(units)
+    model.train(was_training)
+    return {"objective": objective, **{key: value / weight for key, value in weighted.items()}}
+
+
+def evaluate_greedy(model, tokenizer, examples: list, reward_fn, rollout) -> dict:
+    """Greedy held-out accuracy and mean reward on prompts (``rollout``: the run's RolloutConfig)."""
+    result = evaluate_prompts(model, tokenizer, examples, reward_fn, k=None, num_samples=0,
+                              max_new_tokens=rollout.max_new_tokens, batch_size=rollout.max_batch_size or 64)
+    return {key: float(value) for key, value in result.items() if isinstance(value, (int, float))}

@@ -3,7 +3,8 @@
 Cha et al. 2025, "Towards Robust and Parameter-Efficient Knowledge Unlearning for LLMs" (ICLR), as in
 the official code (``measure_importance.py``, ``forget.py``; see shared FORMULAS.md §4):
 
-    F_f[w] = Σ_batches (∂ NLL_mean(forget batch)/∂w)² · n_tok(batch) / Σ n_tok   (empirical Fisher)
+    F_f[w] = Σ_batches (∂ NLL_mean(forget batch)/∂w)² · n_tok(batch) / Σ n_tok   (empirical Fisher,
+             ``unigrad.merge.squared_gradients`` with ``token_mean``; batches of 8)
     F_r[w] = the same on retain batches
     I[w]   = F_f[w] / (1e-5 + F_r[w]);   r_i = sqrt(Σ_j I[i, j])   (row importance of W, out × in)
     U S Vᵀ ≈ diag(r) W   (rank-q SVD, q = LoRA rank);   S ← S / s,  s = lora_alpha / q
@@ -16,32 +17,8 @@ from __future__ import annotations
 
 import torch
 
-from unigrad.policy import collate, token_logprobs
+from unigrad.merge import squared_gradients
 from unigrad.tokens import Sequence
-
-
-def fisher_diagonal(model, sequences: list[Sequence], pad_id: int, names: set[str], batch_size: int = 8,
-                    chunk_size: int = 1024) -> dict[str, torch.Tensor]:
-    """Σ_batches (∂ token-mean NLL / ∂w)² · n_tok / Σ n_tok for every parameter in ``names``."""
-    params = {name: p for name, p in model.named_parameters() if name in names}
-    was = {name: p.requires_grad for name, p in params.items()}
-    for p in params.values():
-        p.requires_grad_(True)
-    fisher = {name: torch.zeros_like(p) for name, p in params.items()}
-    total = 0
-    for start in range(0, len(sequences), batch_size):
-        tb = collate(sequences[start:start + batch_size], pad_id)
-        mask = tb.completion_mask
-        n_tokens = int(mask.sum())
-        nll = -(token_logprobs(model, tb, chunk_size) * mask).sum() / max(n_tokens, 1)
-        grads = torch.autograd.grad(nll, list(params.values()), allow_unused=True)
-        for (name, _), grad in zip(params.items(), grads):
-            if grad is not None:
-                fisher[name] += grad.detach() ** 2 * n_tokens
-        total += n_tokens
-    for name, p in params.items():
-        p.requires_grad_(was[name])
-    return {name: value / max(total, 1) for name, value in fisher.items()}
 
 
 def _lora_layers(peft_model):
@@ -58,10 +35,10 @@ def fila_init(peft_model, forget: list[Sequence], retain: list[Sequence], pad_id
         raise ValueError("FILA needs a peft LoRA model (set model.lora)")
     if not forget or not retain:
         raise ValueError("FILA needs forget and retain examples (data.format: forget)")
-    names = {f"{name}.base_layer.weight" for name in layers}
+    params = {f"{name}.base_layer.weight": layer.base_layer.weight for name, layer in layers.items()}
     with peft_model.disable_adapter():
-        f_forget = fisher_diagonal(peft_model, forget, pad_id, names, chunk_size=chunk_size)
-        f_retain = fisher_diagonal(peft_model, retain, pad_id, names, chunk_size=chunk_size)
+        f_forget, f_retain = (squared_gradients(peft_model, examples, pad_id, params, batch_size=8, token_mean=True,
+                                                chunk_size=chunk_size) for examples in (forget, retain))
     with torch.no_grad():
         for name, layer in layers.items():
             key = f"{name}.base_layer.weight"

@@ -138,18 +138,53 @@ def _sample_completion(model, tokenizer, seq: Sequence, max_new_tokens: int, gen
     return tuple(int(t) for t in new) or ((int(eos),) if eos is not None else (int(seq.completion_ids[0]),))
 
 
+def squared_gradients(model, sequences: _Seq[Sequence], pad_id: int, params: dict[str, Tensor],
+                      batch_size: int = 1, token_mean: bool = False, chunk_size: int = 1024) -> Fisher:
+    """The diagonal Fisher of ``params`` (float32) from batches b of ``batch_size`` sequences:
+
+        F = Σ_b w_b (∂L_b/∂θ)² / Σ_b w_b,   L_b = Σ_{n∈b} log p_θ(y_n | x_n), w_b = 1            (default)
+                                            L_b = token-mean NLL of b,     w_b = n_tok(b)   (``token_mean``)
+
+    Batches of one sequence and the default give the per-example Fisher of ``diagonal_fisher``; the
+    token-mean form is FILA's (``unigrad.fila``). ``params`` get ``requires_grad`` for the passes and
+    are left as they were; the model's mode is not changed."""
+    from unigrad.data.packing import collate
+    from unigrad.logprobs import token_logprobs
+
+    was = {name: p.requires_grad for name, p in params.items()}
+    for p in params.values():
+        p.requires_grad_(True)
+    fisher = {name: torch.zeros_like(p, dtype=torch.float32) for name, p in params.items()}
+    total = 0
+    try:
+        for start in range(0, len(sequences), batch_size):
+            tb = collate(list(sequences[start:start + batch_size]), pad_id)
+            mask = tb.completion_mask
+            logp = token_logprobs(model, tb, chunk_size=chunk_size)        # 0 off the completion tokens
+            n_tokens = int(mask.sum())
+            loss, weight = (-logp.sum() / max(n_tokens, 1), n_tokens) if token_mean else (logp.sum(), 1)
+            grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
+            for name, grad in zip(params, grads):
+                if grad is not None:
+                    fisher[name] += grad.detach().float() ** 2 * weight
+            total += weight
+    finally:
+        for name, p in params.items():
+            p.requires_grad_(was[name])
+    return {name: value / max(total, 1) for name, value in fisher.items()}
+
+
 def diagonal_fisher(model, tokenizer, sequences: Iterable[Sequence], labels: str = "empirical",
                     max_examples: int | None = None, max_new_tokens: int | None = None, seed: int = 0,
                     chunk_size: int = 1024) -> Fisher:
     """Diagonal Fisher ``{name: F}`` of ``model``: the mean over examples of the squared gradient of
-    the completion's log-likelihood log p_θ(y|x) (a sum over its tokens), one backward pass per example.
+    the completion's log-likelihood log p_θ(y|x) (a sum over its tokens), one backward pass per example
+    (``squared_gradients`` with batches of one).
 
     ``labels="empirical"`` uses each Sequence's completion; ``"sampled"`` samples one completion per
     prompt from the model (at most ``max_new_tokens``, default: the dataset completion's length).
     Only parameters with ``requires_grad`` get a Fisher. The model is left in the mode it was in.
     """
-    from unigrad.policy import collate, token_logprobs
-
     if labels not in ("empirical", "sampled"):
         raise ValueError(f'labels must be "empirical" or "sampled", got {labels!r}')
     seqs = list(sequences)[:max_examples] if max_examples is not None else list(sequences)
@@ -158,26 +193,17 @@ def diagonal_fisher(model, tokenizer, sequences: Iterable[Sequence], labels: str
     params = {n: p for n, p in model.named_parameters() if p.requires_grad and p.is_floating_point()}
     if not params:
         raise ValueError("the model has no trainable floating-point parameters")
-    fisher = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params.items()}
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     was_training = model.training
     model.eval()
     try:
-        for k, seq in enumerate(seqs):
-            if labels == "sampled":
-                limit = max_new_tokens or max(len(seq.completion_ids), 1)
-                seq = Sequence(seq.prompt_ids, _sample_completion(model, tokenizer, seq, limit, seed + k), seq.group, seq.sign)
-            tb = collate([seq], pad)
-            loglik = token_logprobs(model, tb, chunk_size=chunk_size).sum()
-            grads = torch.autograd.grad(loglik, list(params.values()), allow_unused=True)
-            for (n, _), g in zip(params.items(), grads):
-                if g is not None:
-                    fisher[n] += g.detach().float() ** 2
+        if labels == "sampled":
+            seqs = [Sequence(seq.prompt_ids, _sample_completion(model, tokenizer, seq,
+                                                                max_new_tokens or max(len(seq.completion_ids), 1), seed + k),
+                             seq.group, seq.sign) for k, seq in enumerate(seqs)]
+        return squared_gradients(model, seqs, pad, params, batch_size=1, chunk_size=chunk_size)
     finally:
         model.train(was_training)
-    for f in fisher.values():
-        f /= len(seqs)
-    return fisher
 
 
 # ------------------------------------------------------------------------------------------ CLI
@@ -229,4 +255,4 @@ def run_merge_command(args) -> int:
     return 0
 
 
-__all__ = ["average_merge", "fisher_merge", "diagonal_fisher", "add_merge_command", "run_merge_command"]
+__all__ = ["average_merge", "fisher_merge", "diagonal_fisher", "squared_gradients", "add_merge_command", "run_merge_command"]

@@ -299,7 +299,7 @@ def load_model(name: str, dtype: torch.dtype = torch.float32, device: str | torc
 
 # --------------------------------------------------------------------------------------- saving
 
-def _is_peft(model) -> bool:
+def is_peft(model) -> bool:
     try:
         from peft import PeftModel
     except ImportError:  # pragma: no cover
@@ -314,7 +314,7 @@ def save_model(model, tokenizer, folder: str | os.PathLike, weights: dict | None
     A peft model is merged into full weights (on a copy; ``model`` is left as it is) so that
     ``AutoModelForCausalLM.from_pretrained(folder)`` loads it without peft.
     """
-    if _is_peft(model):
+    if is_peft(model):
         model = copy.deepcopy(model).merge_and_unload()
 
     def write(tmp: Path) -> None:

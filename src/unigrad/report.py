@@ -281,3 +281,36 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path
 
 
 __all__ = ["FAMILIES", "Family", "group_metrics", "metric_series", "read_metrics", "write_report"]
+
+
+# ------------------------------------------------------------------------------------------ metrics log
+
+class MetricsLog:
+    """A run's ``metrics.jsonl`` (one JSON object per logged step, truncated to the resumed step) and,
+    when tensorboard is installed, the same scalars under ``tensorboard/``."""
+
+    def __init__(self, folder: Path, start_step: int, tensorboard: bool):
+        self.path = folder / "metrics.jsonl"
+        kept = []
+        if self.path.exists() and start_step > 0:   # a resumed run keeps what was logged up to its checkpoint
+            kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= start_step]
+        self.path.write_text("".join(line + "\n" for line in kept))
+        self.writer = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                self.writer = SummaryWriter(str(folder / "tensorboard"), purge_step=start_step + 1)
+            except Exception:  # tensorboard not installed: JSONL is enough
+                self.writer = None
+
+    def write(self, step: int, record: dict) -> None:
+        with self.path.open("a") as handle:
+            handle.write(json.dumps({"step": step, **record}) + "\n")
+        if self.writer:
+            for key, value in record.items():
+                if isinstance(value, (int, float)):
+                    self.writer.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        if self.writer:
+            self.writer.close()

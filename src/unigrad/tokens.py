@@ -1,4 +1,4 @@
-"""Token-level data between the data layer and the log-prob engine.
+"""Token-level data between the data layer and the log-prob producers.
 
 A ``Sequence`` is one tokenised (prompt, completion) with its role in the objective (group, sign).
 A ``TokenBatch`` lays sequences out for one forward pass, padded or packed, and says where each

@@ -13,8 +13,9 @@ Every loss is the token mean over unmasked tokens: (1/N) Σ_{b,t} mask · D_{b,t
 Sources: forward/reverse KL (Hinton et al. 2015; MiniLLM); generalised JSD(β) of GKD (Agarwal et al. 2024,
 m = β p_T + (1 − β) p_S, β = 0 forward KL and β = 1 reverse KL as in TRL's ``generalized_jsd_loss``);
 BD-KD (Amara et al.; weight rule reconstructed: δ on reverse KL when H(p_S) > H(p_T), else on forward KL);
-SinKD (Cui et al. 2024, official code: T = 2, L1 cost, K = exp(−W/ε), 20 Sinkhorn row/column
-normalisations, Σ P W, here / N); PLD (Bassam et al. 2025: π* = label first then descending teacher,
+SinKD (Cui et al. 2024, "Sinkhorn Distance Minimization for Knowledge Distillation": batch-wise L1 cost
+between softened distributions, Gibbs kernel exp(−D/ε), Sinkhorn-Knopp row/column normalisations of the
+plan, transported cost / N; T = 2, ε = 0.1, 20 iterations as in the official code); PLD (Bassam et al. 2025: π* = label first then descending teacher,
 α_k = p_T(π*_k), L = Σ_k α_k (−s_k + log Σ_{ℓ≥k} e^{s_ℓ})).
 """
 from __future__ import annotations
@@ -90,19 +91,41 @@ def kd_from_categories(s_topk, t_topk, s_rest, t_rest, mask, kind, mode="bucket"
 # ------------------------------------------------------------------------------------------ SinKD
 
 def sinkd_loss(student_logp, teacher_logp, mask, epsilon=0.1, iterations=20, temperature=2.0):
-    """Rows = unmasked tokens (row-major order). p = softmax(logp / T); W_ij = Σ_v |p_s,i(v) − p_t,j(v)|;
-    P = exp(−W/ε) normalised rows-then-columns ``iterations`` times; L = Σ P W / N."""
-    keep = mask.reshape(-1) > 0
-    s = student_logp.reshape(-1, student_logp.shape[-1])[keep]
-    t = teacher_logp.reshape(-1, teacher_logp.shape[-1])[keep]
-    p_s = torch.softmax(s / temperature, -1)
-    p_t = torch.softmax(t / temperature, -1)
-    w = (p_s[:, None, :] - p_t[None, :, :]).abs().sum(-1)
-    plan = torch.exp(-w / epsilon)
+    """SinKD's batch-wise Sinkhorn distance (Cui et al. 2024, the paper's "batch-wise reformulation"; its
+    samples are here the N unmasked tokens of the batch, in row-major order). In probability space, with
+    temperature-softened distributions s_i(v) = exp(z_S,i(v)/τ) / Σ_u exp(z_S,i(u)/τ) (and t_j likewise):
+
+        D_ij  = Σ_v |s_i(v) − t_j(v)|               the N × N cost matrix (L1 distance)
+        K⁰_ij = exp(−D_ij / ε)                       the Gibbs kernel: the initial transport plan
+        K^l: each row i divided by its sum, then each column j by its sum   (Sinkhorn-Knopp, l = 1..L)
+        W     = Σ_ij K^L_ij D_ij                     the transported cost (the plan is not detached)
+
+    and L = W / N. Written with loops over rows and columns of the plan, one entry at a time."""
+    rows = []
+    for b in range(mask.shape[0]):
+        for t in range(mask.shape[1]):
+            if mask[b, t] > 0:
+                rows.append((b, t))
+    n = len(rows)
+
+    def softened(logp):
+        weights = torch.exp(logp / temperature)
+        return weights / weights.sum()
+
+    s = [softened(student_logp[b, t]) for b, t in rows]
+    t_ = [softened(teacher_logp[b, t]) for b, t in rows]
+    cost = [[torch.abs(s[i] - t_[j]).sum() for j in range(n)] for i in range(n)]
+    plan = [[torch.exp(-cost[i][j] / epsilon) for j in range(n)] for i in range(n)]
     for _ in range(iterations):
-        plan = plan / plan.sum(1, keepdim=True)
-        plan = plan / plan.sum(0, keepdim=True)
-    return (plan * w).sum() / mask.sum()
+        for i in range(n):
+            row_sum = sum(plan[i][j] for j in range(n))
+            plan[i] = [plan[i][j] / row_sum for j in range(n)]
+        for j in range(n):
+            col_sum = sum(plan[i][j] for i in range(n))
+            for i in range(n):
+                plan[i][j] = plan[i][j] / col_sum
+    transported = sum(plan[i][j] * cost[i][j] for i in range(n) for j in range(n))
+    return transported / n
 
 
 # -------------------------------------------------------------------------------------------- PLD

@@ -116,8 +116,8 @@ def test_gradient_identity(case, seed):
     d = _data(seed)
     can_value, g_can = _canonical_value_and_grad(name, params, d)
     out, g_ug = _unigrad_out_and_grad(name, params, d)
-    torch.testing.assert_close(g_ug, g_can, rtol=1e-6, atol=1e-12)
-    torch.testing.assert_close(torch.as_tensor(out.objective, dtype=torch.float64), can_value, rtol=1e-6, atol=1e-12)
+    torch.testing.assert_close(g_ug, g_can, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(torch.as_tensor(out.objective, dtype=torch.float64), can_value, rtol=1e-10, atol=1e-12)
     masked = d["mask"] == 0
     assert torch.all(g_ug[masked] == 0) and torch.all(g_can[masked] == 0)
 
@@ -128,8 +128,8 @@ def test_a_lol_group_mean_baseline(name):
     d = _data(2, value=False)
     can_value, g_can = _canonical_value_and_grad(name, {}, d)
     out, g_ug = _unigrad_out_and_grad(name, {}, d)
-    torch.testing.assert_close(g_ug, g_can, rtol=1e-6, atol=1e-12)
-    torch.testing.assert_close(torch.as_tensor(out.objective, dtype=torch.float64), can_value, rtol=1e-6, atol=1e-12)
+    torch.testing.assert_close(g_ug, g_can, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(torch.as_tensor(out.objective, dtype=torch.float64), can_value, rtol=1e-10, atol=1e-12)
 
 
 def test_identity_check_can_fail():

@@ -173,8 +173,8 @@ def test_gradient_identity(case, seed):
     can_value, g_can = _canonical_value_and_grad(fn, name, cparams, d)
     out, g_ug = _unigrad_out_and_grad(name, params, d)
 
-    torch.testing.assert_close(g_ug, g_can, rtol=1e-6, atol=1e-12)
-    torch.testing.assert_close(torch.as_tensor(out.objective, dtype=torch.float64), can_value, rtol=1e-6, atol=1e-12)
+    torch.testing.assert_close(g_ug, g_can, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(torch.as_tensor(out.objective, dtype=torch.float64), can_value, rtol=1e-10, atol=1e-12)
     assert torch.all(g_ug[d["mask"] == 0] == 0), "unigrad gradient is non-zero at masked positions"
     assert torch.any(g_can != 0)
 
@@ -204,8 +204,8 @@ def test_hpt_success_rate_given_in_extra(seed):
     rate = torch.tensor([rate_of[int(g)] for g in d["group"]], dtype=torch.float64)
     can_value, g_can = _canonical_value_and_grad(can.hpt_loss, "hpt", {"success_rate": rate}, d)
     out, g_ug = _unigrad_out_and_grad("hpt", {}, d, extra={"success_rate": rate})
-    torch.testing.assert_close(g_ug, g_can, rtol=1e-6, atol=1e-12)
-    torch.testing.assert_close(torch.as_tensor(out.objective, dtype=torch.float64), can_value, rtol=1e-6, atol=1e-12)
+    torch.testing.assert_close(g_ug, g_can, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(torch.as_tensor(out.objective, dtype=torch.float64), can_value, rtol=1e-10, atol=1e-12)
     assert out.metrics["sft_fraction"] == pytest.approx(0.5)
 
 

@@ -42,13 +42,13 @@ def test_npo_trains_through_the_loop_and_moves_away_from_the_reference(tmp_path)
     assert rows[-1]["kl_ref"] > 0
 
 
-def test_ihl_is_refused_where_the_format_cannot_give_the_competing_token(tmp_path):
+def test_ihl_is_refused_where_the_data_has_no_forget_rows(tmp_path):
+    """The competing token is produced for any data; what SFT data cannot give is the forget rows."""
     from unigrad.config import ConfigError
-    from unigrad.methods.compose import build_objective
-    from unigrad.train import check_requirements
-    config = load_config(str(ROOT / "configs" / "tiny-dpo.yaml"), ["method={name: ihl}"])
-    with pytest.raises(ConfigError, match="logp_top_other"):
-        check_requirements(build_objective(config.method), config)
+    config = load_config(str(ROOT / "configs" / "tiny-kd.yaml"), [f"output_dir={tmp_path}", "method={name: ihl}",
+                                                                 "teacher.name=null"])
+    with pytest.raises(ConfigError, match="sign"):
+        train(config, progress=False)
 
 
 def test_npo_with_fila_initialised_lora_through_the_loop(tmp_path):

@@ -73,7 +73,7 @@ def test_zero3_resumes_a_tied_embedding_model(tmp_path):
 
 def test_deepspeed_config_is_checked_against_unigrads(tmp_path):
     from unigrad.config import ConfigError
-    from unigrad.zero import deepspeed_config, sized_for
+    from unigrad.parallel.zero import deepspeed_config, sized_for
 
     def written(fields: dict) -> str:
         path = tmp_path / "ds.json"
@@ -111,9 +111,8 @@ def test_deepspeed_config_is_checked_against_unigrads(tmp_path):
 
 def test_what_deepspeed_refuses(tmp_path, monkeypatch):
     from unigrad.config import ConfigError, load_config
-    from unigrad.distributed import Processes
+    from unigrad.parallel import Processes, choose_layout
     from unigrad.train import train
-    from unigrad.zero import zero_layout
     config = load_config(str(ROOT / "configs" / "tiny-dpo.yaml"), [f"output_dir={tmp_path}", "train.steps=1"])
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
     with pytest.raises(ConfigError, match="train.deepspeed: DeepSpeed cannot run with one process"):
@@ -122,19 +121,18 @@ def test_what_deepspeed_refuses(tmp_path, monkeypatch):
         train(load_config(str(ROOT / "configs" / "tiny-dpo.yaml"), [f"output_dir={tmp_path}", "train.fsdp=true"]),
               progress=False)
     two = Processes(rank=0, world=2)
-    lamb = load_config(str(ROOT / "configs" / "tiny-dpo.yaml"), ["train.optimizer=lamb"]).train
+    lamb = load_config(str(ROOT / "configs" / "tiny-dpo.yaml"), ["train.optimizer=lamb"])
     with pytest.raises(ConfigError, match="train.optimizer: 'lamb' under DeepSpeed.*element-wise"):
-        zero_layout(two, 2, lamb, torch.float32)
+        choose_layout(lamb, two, torch.float32)
     (tmp_path / "ds.json").write_text(json.dumps({"zero_optimization": {"stage": 3}}))
     monkeypatch.setenv("ACCELERATE_DEEPSPEED_CONFIG_FILE", str(tmp_path / "ds.json"))
     with pytest.raises(ConfigError, match="train.deepspeed: 2, but the DeepSpeed config .*ds.json says "
                                           "zero_optimization.stage 3"):
-        zero_layout(two, 2, load_config(str(ROOT / "configs" / "tiny-dpo.yaml"), ["train.deepspeed=2"]).train,
-                    torch.float32)
+        choose_layout(load_config(str(ROOT / "configs" / "tiny-dpo.yaml"), ["train.deepspeed=2"]), two, torch.float32)
     monkeypatch.delenv("ACCELERATE_DEEPSPEED_CONFIG_FILE")
     monkeypatch.setenv("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "4")
     with pytest.raises(ConfigError, match="ACCELERATE_GRADIENT_ACCUMULATION_STEPS=4.*train.grad_accum: 1"):
-        zero_layout(two, 2, config.train, torch.float32)
+        choose_layout(config, two, torch.float32)
 
 
 GPUS = torch.cuda.device_count()

@@ -1,13 +1,15 @@
-"""unigrad.distill: chunked teacher top-k / student log-probs at the support equal a naive full-logits
+"""unigrad.logprobs.support: chunked teacher top-k / student log-probs at the support equal a naive full-logits
 computation (tiny random models, float64), padded and packed, values and parameter gradients."""
 import random
 
 import pytest
 import torch
 
-from unigrad.distill import DISTILL_FIELDS, distill_fields, student_logprobs_at, student_logprobs_full, teacher_topk
+from unigrad.data.packing import collate
+from unigrad.logprobs import (
+    DISTILL_FIELDS, distill_fields, student_logprobs_at, student_logprobs_full, teacher_topk, token_logprobs,
+)
 from unigrad.models import tiny_random_model
-from unigrad.policy import collate, token_logprobs
 from unigrad.tokens import Sequence
 
 VOCAB = 260

@@ -15,10 +15,10 @@ import pytest
 import torch
 
 import unigrad as ug
-from unigrad.distill import distill_fields
+from unigrad.data.packing import collate
+from unigrad.logprobs import distill_fields
 from unigrad.models import tiny_random_model
 from unigrad.objectives import Sum, Term
-from unigrad.policy import collate
 from unigrad.tokens import Sequence
 
 IDS = 12

@@ -1,12 +1,12 @@
-"""engine_extras.token_logprobs_with_top_other against a naive full-logits computation (float64)."""
+"""logprobs.best_other.token_logprobs_with_top_other against a naive full-logits computation (float64)."""
 import random
 
 import pytest
 import torch
 
-from unigrad.engine_extras import token_logprobs_with_top_other
+from unigrad.data.packing import collate
+from unigrad.logprobs import token_logprobs, token_logprobs_with_top_other
 from unigrad.models import tiny_random_model
-from unigrad.policy import collate, token_logprobs
 from unigrad.tokens import Sequence
 
 VOCAB = 260

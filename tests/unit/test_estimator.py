@@ -4,7 +4,7 @@ import torch
 
 import unigrad as ug
 from unigrad.estimator import (
-    BehaviourPolicy, Constant, Estimator, Likelihood, PPOClip, SequenceMean, TokenMean,
+    BehaviourPolicy, Constant, Estimator, Likelihood, PPOClip, SequenceMean, TokenMean, Weighted,
 )
 from unigrad.estimator.advantages import pair_rows
 from unigrad.methods.compose import MethodSpecError, build_objective
@@ -39,7 +39,7 @@ def test_clipped_estimator_gradient_and_value_equal_ppo_surrogate():
 
     class Fixed(Constant):
         def __call__(self, b):
-            return adv
+            return Weighted(adv)
 
     est = Estimator(mask=PPOClip(0.2, 0.2), denominator=BehaviourPolicy(), advantage=Fixed(),
                     likelihood=Likelihood("token", TokenMean()))

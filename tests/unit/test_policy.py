@@ -1,12 +1,13 @@
-"""policy.py: collate layouts and chunked, padding-free per-token log-probs (tiny random model only)."""
+"""data.packing.collate layouts and logprobs: chunked, padding-free per-token log-probs (tiny random model only)."""
 import random
 
 import pytest
 import torch
 
-from unigrad import policy
 from unigrad.models import tiny_random_model, tiny_tokenizer
-from unigrad.policy import collate, reference_logprobs, token_logprobs
+from unigrad.data.packing import collate
+from unigrad.logprobs import reference_logprobs, token_logprobs
+from unigrad.logprobs.readout import block_causal_mask
 from unigrad.tokens import Sequence
 
 VOCAB = 260
@@ -158,7 +159,7 @@ def test_packing_without_mask_would_leak(model64):
 
 def test_block_causal_mask():
     seq_id = torch.tensor([[0, 0, 1, 1, 1, -1]])
-    m = policy._block_causal_mask(seq_id, torch.float32)[0, 0] == 0
+    m = block_causal_mask(seq_id, torch.float32)[0, 0] == 0
     expect = torch.tensor([
         [1, 0, 0, 0, 0, 0],
         [1, 1, 0, 0, 0, 0],

@@ -4,8 +4,8 @@ import torch
 
 import unigrad as ug
 from unigrad.estimator import GlobalNormalised, GroupCentred, GroupNormalised, LeaveOneOut, Reinforce
-from unigrad.gates import Gate
-from unigrad.methods.rl import keep_informative_groups, overlong_penalty
+from unigrad.objectives import Gate
+from unigrad.rollout.shaping import keep_informative_groups, overlong_penalty
 
 D = torch.float64
 
@@ -20,15 +20,15 @@ def _batch(reward, group, T=3, **extra):
 def test_group_advantages_by_hand():
     b = _batch([1.0, 0.0, 0.0, 5.0, 5.0], [7, 7, 7, 2, 2])
     std = torch.tensor([1.0, 0.0, 0.0]).std().item()          # unbiased: sqrt(1/3)
-    torch.testing.assert_close(GroupNormalised(eps=0.0)(b)[:3], torch.tensor([2 / 3, -1 / 3, -1 / 3], dtype=D) / std)
-    assert GroupNormalised()(b)[3:].tolist() == [0.0, 0.0]     # all-equal group: Â = 0
+    torch.testing.assert_close(GroupNormalised(eps=0.0)(b).weight[:3], torch.tensor([2 / 3, -1 / 3, -1 / 3], dtype=D) / std)
+    assert GroupNormalised()(b).weight[3:].tolist() == [0.0, 0.0]     # all-equal group: Â = 0
     biased = torch.tensor([1.0, 0.0, 0.0]).std(unbiased=False).item()
-    torch.testing.assert_close(GroupNormalised(eps=0.0, unbiased=False)(b)[:3], torch.tensor([2 / 3, -1 / 3, -1 / 3], dtype=D) / biased)
-    torch.testing.assert_close(GroupCentred()(b), torch.tensor([2 / 3, -1 / 3, -1 / 3, 0, 0], dtype=D))
-    torch.testing.assert_close(LeaveOneOut()(b), torch.tensor([1.0, -0.5, -0.5, 0, 0], dtype=D))
-    torch.testing.assert_close(Reinforce()(b), b.reward)
-    torch.testing.assert_close(Reinforce(baseline=1.0)(b), b.reward - 1)
-    torch.testing.assert_close(Reinforce(batch_mean=True)(b), b.reward - 2.2)
+    torch.testing.assert_close(GroupNormalised(eps=0.0, unbiased=False)(b).weight[:3], torch.tensor([2 / 3, -1 / 3, -1 / 3], dtype=D) / biased)
+    torch.testing.assert_close(GroupCentred()(b).weight, torch.tensor([2 / 3, -1 / 3, -1 / 3, 0, 0], dtype=D))
+    torch.testing.assert_close(LeaveOneOut()(b).weight, torch.tensor([1.0, -0.5, -0.5, 0, 0], dtype=D))
+    torch.testing.assert_close(Reinforce()(b).weight, b.reward)
+    torch.testing.assert_close(Reinforce(baseline=1.0)(b).weight, b.reward - 1)
+    torch.testing.assert_close(Reinforce(batch_mean=True)(b).weight, b.reward - 2.2)
 
 
 def test_leave_one_out_needs_two_rollouts():
@@ -39,12 +39,12 @@ def test_leave_one_out_needs_two_rollouts():
 def test_global_normalisation_token_weighted():
     b = _batch([1.0, 0.0, 3.0], [0, 0, 1])
     b = b.replace(mask=torch.tensor([[1, 1, 1], [1, 0, 0], [1, 1, 0]], dtype=D))
-    a = GlobalNormalised()(b)
+    a = GlobalNormalised()(b).weight
     tokens = torch.tensor([1.0] * 3 + [0.0] + [3.0] * 2, dtype=D)
     torch.testing.assert_close(a, (b.reward - tokens.mean()) / tokens.std(unbiased=False))
-    per_seq = GlobalNormalised(over="sequence")(b)
+    per_seq = GlobalNormalised(over="sequence")(b).weight
     torch.testing.assert_close(per_seq, (b.reward - b.reward.mean()) / b.reward.std(unbiased=False))
-    centred = GlobalNormalised(group_baseline=True)(b)            # [0.5, -0.5, 0] then normalised
+    centred = GlobalNormalised(group_baseline=True)(b).weight            # [0.5, -0.5, 0] then normalised
     c = torch.tensor([0.5] * 3 + [-0.5] + [0.0] * 2, dtype=D)
     torch.testing.assert_close(centred, (torch.tensor([0.5, -0.5, 0.0], dtype=D) - c.mean()) / c.std(unbiased=False))
 
@@ -112,21 +112,43 @@ def test_gate_requires_and_validation():
         Gate(below=hpt.below)
 
 
-def test_a_step_with_fewer_units_than_the_batch_size_still_trains():
+def test_a_step_with_fewer_units_than_the_batch_size_still_trains(tmp_path):
     """DAPO's dynamic sampling may leave fewer informative prompts than batch_size: the loop splits
-    whatever the step holds."""
+    whatever the step holds (3 units into grad_accum = 2 micro-batches), and the update is the one of the
+    whole step, θ' = θ − lr·∇L with L the token-mean NLL of all 3 completions, computed here from logits."""
+    import copy
+    import dataclasses
+
     from unigrad.config import load_config
     from unigrad.experience import Split
-    from unigrad.models import load_model
-    from unigrad.distributed import Processes
+    from unigrad.run import assemble
     from unigrad.tokens import Sequence
-    from unigrad.train import Trainer, optimise
-    model, tok = load_model("tiny-random")
-    config = load_config(None, ["data.train=x", "train.batch_size=4", "train.grad_accum=2"], text="method: {name: sft}")
-    trainer = Trainer(config, model, tok, ug.method("sft"), None, torch.device("cpu"))
-    split = Split.of("train", [Sequence((1, 2), (3, 4, 5), group=i) for i in range(3)])   # 3 units < batch_size 4
-    experience = split.experience([0, 1, 2])
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=0.1)
-    *_, grad_norm = optimise(trainer, experience, experience.step_batch("cpu"), optimizer, params, Processes(), 1)
-    assert grad_norm > 0
+    from unigrad.train import optimise
+    config = load_config(None, ["model=tiny-random", "data.train=data/sft/train.jsonl", "data.format=sft",
+                                "data.eval=null", f"output_dir={tmp_path}", "train.batch_size=4", "train.grad_accum=2",
+                                "train.max_grad_norm=null"], text="method: {name: sft}")
+    run = assemble(config)
+    run = dataclasses.replace(run, optimizer=torch.optim.SGD(run.params, lr=0.1))
+    run.model.eval()                                            # no dropout: the reference is deterministic
+    sequences = [Sequence((1, 2 + i), (3, 4, 5)[: 3 - i % 2], group=i) for i in range(3)]  # 3 units < batch_size 4
+    reference = copy.deepcopy(run.model)
+    before = {name: p.detach().clone() for name, p in run.model.named_parameters()}
+
+    total, tokens = 0.0, 0
+    for s in sequences:
+        ids = torch.tensor([list(s.prompt_ids + s.completion_ids)])
+        logp = torch.log_softmax(reference(input_ids=ids).logits[0].double(), -1)
+        for i, y in enumerate(s.completion_ids):
+            total = total - logp[len(s.prompt_ids) - 1 + i, y]
+            tokens += 1
+    named = [(name, p) for name, p in reference.named_parameters() if p.requires_grad]
+    grads = torch.autograd.grad(total / tokens, [p for _, p in named])
+
+    optimise(run, Split.of("train", sequences).experience([0, 1, 2]), 0)
+    after = dict(run.model.named_parameters())
+    moved = 0
+    for (name, _), grad in zip(named, grads):
+        step = (before[name] - after[name].detach()).double() / 0.1
+        torch.testing.assert_close(step, grad.double(), rtol=1e-4, atol=1e-6, msg=f"update of {name}")
+        moved += int(grad.abs().max() > 0)
+    assert moved > 0

@@ -7,8 +7,9 @@ import importlib.util
 import pytest
 import torch
 
+from unigrad.data.packing import collate
+from unigrad.logprobs import token_logprobs
 from unigrad.models import load_model
-from unigrad.policy import collate, token_logprobs
 from unigrad.rollout import HFSampler, Rollouts, Sampler
 from unigrad.rollout.hf import _pick
 

@@ -1,9 +1,10 @@
 """Generation split over processes: the gathered rollouts are the concatenation of the shares."""
 import torch
 
-from unigrad.distributed import Processes, ShardedSampler, concat_rollouts
 from unigrad.models import tiny_random_model, tiny_tokenizer
+from unigrad.parallel import Processes
 from unigrad.rollout.hf import HFSampler
+from unigrad.rollout.sharded import ShardedSampler, concat_rollouts
 
 
 def test_concatenated_shares_equal_one_greedy_batch():

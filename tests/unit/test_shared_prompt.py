@@ -3,8 +3,9 @@ per-token log-probs, and their gradients, of the ordinary (packed or padded) for
 import pytest
 import torch
 
+from unigrad.data.packing import collate
+from unigrad.logprobs import shared_prompt_logprobs, shares_prompts, token_logprobs
 from unigrad.models import tiny_random_model, tiny_tokenizer
-from unigrad.policy import collate, shared_prompt_logprobs, shares_prompts, token_logprobs
 from unigrad.tokens import Sequence
 
 PAD = 258

@@ -14,7 +14,7 @@ def _grads(rank: int) -> list:
 
 
 def _worker(rank: int, init: str, bucket_elements: int, out: str) -> None:
-    from unigrad.distributed import Processes
+    from unigrad.parallel import Processes
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
     params = [torch.nn.Parameter(torch.zeros(shape, dtype=torch.float64)) for shape in SHAPES]
     storages = []

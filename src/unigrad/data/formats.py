@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from unigrad.data.errors import DataError, type_name
 from unigrad.data.sources import Record
@@ -28,11 +28,16 @@ SPLITS = ("forget", "retain")
 Messages = tuple[tuple[str, str], ...]  # ((role, content), ...)
 
 
+# Each example type declares the Batch fields its rows fill (besides the tokens): the rows of one
+# example share ``group``; ``sign`` tells chosen from rejected and retain from forget rows; a scored
+# example carries its numbers.
+
 @dataclass(frozen=True)
 class SFTExample:
     prompt: Messages
     completion: str
     record: Record
+    provides: ClassVar[frozenset[str]] = frozenset({"group"})
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,7 @@ class PairExample:
     chosen: str
     rejected: str
     record: Record
+    provides: ClassVar[frozenset[str]] = frozenset({"group", "sign"})
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,7 @@ class ForgetExample:
     completion: str
     forget: bool              # True: forget set (sign -1); False: retain set (sign +1)
     record: Record
+    provides: ClassVar[frozenset[str]] = frozenset({"group", "sign"})
 
 
 @dataclass(frozen=True)
@@ -57,6 +64,15 @@ class ScoredExample:
     completion: str
     fields: dict              # {"reward": float[, "value": float]}
     record: Record
+    provides: ClassVar[frozenset[str]] = frozenset({"group", "reward", "value"})
+
+
+EXAMPLES = {"sft": SFTExample, "pairs": PairExample, "forget": ForgetExample, "scored": ScoredExample}
+
+
+def provides(format: str) -> frozenset[str]:
+    """The Batch fields rows of ``format`` fill."""
+    return EXAMPLES[format].provides
 
 
 def parse(records: list[Record], format: str) -> list:

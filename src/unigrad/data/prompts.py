@@ -135,5 +135,22 @@ def demonstration_sequences(examples: list[PromptExample], tokenizer: Any, max_l
     return out
 
 
-__all__ = ["FIELDS", "PromptExample", "demonstration_sequences", "encode_prompts", "load_prompts",
-           "parse_prompt", "parse_prompts"]
+def load_prompt_splits(config, tokenizer, resolve) -> tuple[list, list | None]:
+    """Train and eval ``PromptExample``s (with prompt ids) from files or a built-in task."""
+    data = config.data
+    if data.task:
+        from unigrad.tasks.arithmetic import make_splits
+        train, test = make_splits(data.task.train_size, data.task.eval_size, seed=data.task.seed,
+                                  difficulty=data.task.difficulty)
+
+        def examples(records, name):
+            return encode_prompts(parse_prompts([Record(value=r, source=f"task:{data.task.name}:{name}", row=i)
+                                                 for i, r in enumerate(records)]), tokenizer)
+        return examples(train, "train"), examples(test, "eval")
+    train = load_prompts(resolve(data.train), tokenizer, limit=data.limit, truncation=data.truncation)
+    evaluation = load_prompts(resolve(data.eval), tokenizer, truncation=data.truncation) if data.eval else None
+    return train, evaluation
+
+
+__all__ = ["FIELDS", "PromptExample", "demonstration_sequences", "encode_prompts", "load_prompt_splits",
+           "load_prompts", "parse_prompt", "parse_prompts"]

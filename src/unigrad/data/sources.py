@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterator
 
 from unigrad.data.errors import DataError, type_name
@@ -132,3 +133,17 @@ def _iter_hub(source: str) -> Iterator[Record]:
     except Exception as e:
         raise DataError(f"{source}: cannot load Hub dataset ({type(e).__name__}: {e})") from None
     yield from _iter_rows(ds, source)
+
+
+def resolve_data_path(path: str, config_source: str | None) -> str:
+    """``path`` as given if it exists, else relative to the config file, else to the data shipped
+    with unigrad (so ``data/pairs/train.jsonl`` works from any folder)."""
+    from importlib import resources
+    candidates = [Path(path)]
+    if config_source:
+        candidates.append(Path(config_source).parent / path)
+    candidates.append(Path(str(resources.files("unigrad").joinpath("resources"))) / path)
+    for candidate in candidates:
+        if candidate.exists():
+            return str(candidate)
+    return path  # the data layer reports it missing, naming it

@@ -85,9 +85,6 @@ def tokenize(records: list[Record], tokenizer: Any, format: str, max_length: int
             if isinstance(example, ScoredExample):
                 meta = dict(meta, fields=dict(example.fields))
             out.append(Sequence(tuple(p), tuple(c), group=group, sign=sign, meta=meta))
-    n = count_truncated(out)
-    if n:
-        log.warning("truncated %d of %d sequences to max_length=%d", n, len(out), max_length)
     return out
 
 
@@ -99,7 +96,11 @@ def count_truncated(sequences: list[Sequence]) -> int:
 def load_dataset_sequences(path: str, format: str, tokenizer: Any, max_length: int, truncation: bool = False,
                            limit: int | None = None) -> list[Sequence]:
     """Read ``path`` (at most ``limit`` records), validate it as ``format``, and tokenise it."""
-    return tokenize(read_records(path, limit=limit), tokenizer, format, max_length, truncation)
+    sequences = tokenize(read_records(path, limit=limit), tokenizer, format, max_length, truncation)
+    if count_truncated(sequences):
+        log.warning("%s: truncated %d of %d sequences to max_length=%d", path, count_truncated(sequences),
+                    len(sequences), max_length)
+    return sequences
 
 
 def _ids(encoded: Any) -> list[int]:

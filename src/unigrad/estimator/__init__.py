@@ -1,37 +1,32 @@
 """The unified gradient estimator: grad = E[ m · (π_θ / sg π_den) · Â · ∇ log π_θ ].
 
 Four interchangeable parts (Lv et al. 2025, "Towards a Unified View of Large Language Model
-Post-Training", arXiv 2509.04419, eq. 5): a stabilization mask m, a reference-policy denominator
-π_den, an advantage estimate Â, and the likelihood gradient (its unit and normalisation).
+Post-Training", arXiv 2509.04419, eq. 5), one module per kind, each satisfying a protocol of
+``protocols.py``: a stabilization mask m (``masks.py``), a reference-policy denominator π_den
+(``denominators.py``), an advantage estimate Â (``advantages/``, one module per family), and the
+likelihood gradient (``likelihoods.py``: its unit, with a normaliser of ``normalisers.py``).
+``core.py`` composes them into the ``Estimator``.
 """
-from unigrad.estimator.advantages import (
-    Chosen, Constant, FDivergenceReward, ImpliedReward, LengthNormalisedReward, LogOdds,
-    Logistic, PairwisePreference, Squared,
-)
-from unigrad.estimator.core import Estimator, Output
-from unigrad.estimator.group_advantages import (
-    GlobalNormalised, GroupCentred, GroupNormalised, LeaveOneOut, Reinforce,
-)
+from unigrad.estimator.protocols import Advantage, Denominator, Mask, Normaliser, Objective, Output, Weighted
+from unigrad.estimator.masks import ClampedRatio, NoMask, PPOClip
 from unigrad.estimator.denominators import BehaviourPolicy, CurrentPolicy, One, ReferencePolicy
-from unigrad.estimator.likelihoods import (
-    Constant as ConstantNormaliser, Likelihood, SequenceMean, SequenceSum, TokenMean,
+from unigrad.estimator.normalisers import FixedCount, Restrict, SequenceMean, SequenceSum, TokenMean
+from unigrad.estimator.likelihoods import Likelihood
+from unigrad.estimator.advantages import (
+    AbsoluteLikelihood, Chosen, Constant, FDivergenceReward, FlatForget, FlatTemplate, GlobalNormalised,
+    GroupCentred, GroupNormalised, ImpliedReward, LeaveOneOut, LeftoverAdvantage, LengthNormalisedReward, LogOdds,
+    LogSigmoidRatio, Logistic, PairwisePreference, ReferenceKL, Reinforce, RowsConstant, SafeAlignWeight, Squared,
+    TokenProbability,
 )
-from unigrad.estimator.masks import NoMask, PPOClip
-from unigrad.estimator.offline_advantages import AbsoluteLikelihood, ClampedRatio, LeftoverAdvantage
-from unigrad.estimator.rows import RowsConstant, RowsSequenceSum, RowsTokenMean
-from unigrad.estimator.unlearning_advantages import (
-    FlatForget, FlatTemplate, InvertedHinge, LogSigmoidRatio, ReferenceKL, SafeAlignWeight, TokenProbability,
-)
+from unigrad.estimator.core import Estimator
 
 __all__ = [
-    "Estimator", "Output", "NoMask", "PPOClip", "CurrentPolicy", "BehaviourPolicy", "ReferencePolicy",
-    "One", "Constant", "Chosen", "PairwisePreference", "ImpliedReward", "FDivergenceReward",
-    "LengthNormalisedReward", "LogOdds", "Logistic", "Squared", "Likelihood", "TokenMean",
-    "SequenceMean", "SequenceSum", "ConstantNormaliser",
-    "GroupNormalised", "GroupCentred", "LeaveOneOut", "Reinforce", "GlobalNormalised",
-]
-__all__ += [
-    "AbsoluteLikelihood", "ClampedRatio", "LeftoverAdvantage", "RowsConstant", "RowsSequenceSum", "RowsTokenMean",
-    "FlatForget", "FlatTemplate", "InvertedHinge", "LogSigmoidRatio", "ReferenceKL", "SafeAlignWeight",
-    "TokenProbability",
+    "Advantage", "Denominator", "Mask", "Normaliser", "Objective", "Output", "Weighted", "Estimator",
+    "NoMask", "PPOClip", "ClampedRatio",
+    "CurrentPolicy", "BehaviourPolicy", "ReferencePolicy", "One",
+    "Likelihood", "TokenMean", "SequenceMean", "SequenceSum", "FixedCount", "Restrict",
+    "Constant", "Chosen", "RowsConstant", "PairwisePreference", "ImpliedReward", "FDivergenceReward",
+    "LengthNormalisedReward", "LogOdds", "Logistic", "Squared", "AbsoluteLikelihood",
+    "GroupNormalised", "GroupCentred", "LeaveOneOut", "Reinforce", "GlobalNormalised", "LeftoverAdvantage",
+    "TokenProbability", "FlatTemplate", "FlatForget", "LogSigmoidRatio", "ReferenceKL", "SafeAlignWeight",
 ]

@@ -6,36 +6,33 @@
 (Lv et al. 2025, "Towards a Unified View of Large Language Model Post-Training", eq. 5; signs for
 descent.) The surrogate −(1/Z) Σ m · r · Â has exactly this gradient, since ∇r = r ∇ log π_θ and m,
 Â and π_den are detached. Its value is not the method's loss; ``Output.objective`` is: the
-advantage's own objective when it has one (a preference loss), otherwise −(1/Z) Σ Â · ℓ for
+advantage's own objective when it returns one (a preference loss), otherwise −(1/Z) Σ Â · ℓ for
 likelihood-weighted objectives (π_den = sg π_θ) or −(1/Z) Σ Â · r̃ with the mask's clipped ratio r̃
 for importance-weighted ones, r̃ = r where m keeps the term (PPO's min(r·Â, clip(r)·Â)).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from unigrad.batch import Batch
-from unigrad.estimator.advantages import Constant
+from unigrad.estimator.advantages.constant import Constant
 from unigrad.estimator.denominators import CurrentPolicy
-from unigrad.estimator.likelihoods import Likelihood, reduce_within
+from unigrad.estimator.likelihoods import Likelihood
 from unigrad.estimator.masks import NoMask
-
-
-@dataclass(frozen=True)
-class Output:
-    loss: Tensor                                     # surrogate with the method's exact gradient
-    objective: Tensor                                # canonical loss value, detached
-    metrics: dict[str, float] = field(default_factory=dict)
+from unigrad.estimator.normalisers import reduce_within
+from unigrad.estimator.protocols import Advantage, Denominator, Mask, Output
 
 
 @dataclass(frozen=True)
 class Estimator:
-    mask: object = NoMask()
-    denominator: object = CurrentPolicy()
-    advantage: object = Constant(1.0)
+    """m · (π_θ / sg π_den) · Â · ∇ log π_θ, with the likelihood's unit and normaliser."""
+
+    mask: Mask = NoMask()
+    denominator: Denominator = CurrentPolicy()
+    advantage: Advantage = Constant(1.0)
     likelihood: Likelihood = Likelihood()
 
     @property
@@ -52,7 +49,8 @@ class Estimator:
         mask = batch.mask.to(batch.logp.dtype)
         logp = batch.logp * mask
         log_den = self.denominator(batch).detach() * mask
-        advantage = self.advantage(batch).detach()
+        weighted = self.advantage(batch)
+        advantage = weighted.weight.detach()
         within = self.likelihood.normaliser.within
         if self.likelihood.unit == "token":
             advantage = advantage[:, None].expand_as(logp) if advantage.dim() == 1 else advantage
@@ -73,9 +71,9 @@ class Estimator:
             value = advantage * value_unit.detach()
             kept = weight.mean()
         count = self.likelihood.normaliser.count(batch)
-        objective = (self.advantage.objective(batch) if hasattr(self.advantage, "objective")
-                     else -value.sum() / count)
-        metrics = {"advantage_mean": float(advantage.mean()), "mask_kept": float(kept)}
-        if hasattr(self.advantage, "metrics"):
-            metrics.update(self.advantage.metrics(batch))
+        objective = weighted.objective if weighted.objective is not None else -value.sum() / count
+        metrics = {"advantage_mean": float(advantage.mean()), "mask_kept": float(kept), **weighted.metrics}
         return Output(loss=-per_sequence.sum() / count, objective=objective.detach(), metrics=metrics)
+
+
+__all__ = ["Estimator", "Output"]

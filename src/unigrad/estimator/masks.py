@@ -47,3 +47,21 @@ class PPOClip:
 
     def value_ratio(self, ratio: Tensor) -> Tensor:
         return ratio.clamp(1 - self.eps_low, 1 + self.eps_high)
+
+
+@dataclass(frozen=True)
+class ClampedRatio:
+    """A value clamp of the importance weight as a mask: m = clip(r, 1−ε, 1+ε) / r, so that
+    m · r = clip(r, 1−ε, 1+ε). Unlike PPO's clip (which zeroes the gradient outside the trust
+    region), the update keeps the clamped weight (A-LoL, Baheti et al. 2024, "Leftover Lunch:
+    Advantage-based Offline Reinforcement Learning for Language Models", ICLR; official code: the
+    weight is computed under no_grad and ``clamp``-ed, never masked)."""
+
+    eps: float = 0.9
+    requires: ClassVar[frozenset[str]] = frozenset()
+
+    def __call__(self, ratio: Tensor, advantage: Tensor) -> Tensor:
+        return ratio.clamp(1 - self.eps, 1 + self.eps) / ratio
+
+    def value_ratio(self, ratio: Tensor) -> Tensor:
+        return ratio.clamp(1 - self.eps, 1 + self.eps)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import inspect
 
+from unigrad.estimator import Estimator
+from unigrad.objectives import Gate, Sum
 from unigrad.methods.preference import dpo, f_dpo, ipo, orpo, sft, simpo
 from unigrad.methods.offline import a_lol, a_lol_kl, a_lol_ref_free, a_lol_seq, asft, ddo
 from unigrad.methods.unlearning import flat, ga, grad_diff, ihl, npo, safe_align
@@ -46,6 +48,13 @@ REGISTRY = {
 }
 
 
+# Parameters that left a method's loss for the run config: passing one is an error saying where it went.
+MOVED = {
+    ("kd-js", "lam"): "GKD's on-policy fraction λ is not a loss parameter; set the config key "
+                      "`data.on_policy_fraction` instead",
+}
+
+
 def methods() -> list[str]:
     """Names of the registered methods."""
     return sorted(REGISTRY)
@@ -55,6 +64,9 @@ def method(name: str, **params):
     """The objective of method ``name`` with ``params`` (its paper's symbols, spelled out)."""
     if name not in REGISTRY:
         raise ValueError(f"unknown method {name!r}; known methods: {', '.join(methods())}")
+    for key in params:
+        if (name, key) in MOVED:
+            raise ValueError(f"method {name!r}: parameter {key!r} was removed: {MOVED[name, key]}")
     factory = REGISTRY[name]
     accepted = inspect.signature(factory).parameters
     unknown = sorted(set(params) - set(accepted))
@@ -77,14 +89,14 @@ def signature(name: str) -> str:
 
 def describe(objective, indent: str = "  ") -> str:
     """The four parts of an objective, one per line (terms of a sum indented under their weight)."""
-    if hasattr(objective, "terms"):
+    if isinstance(objective, Sum):
         return "\n".join(f"{indent}{term.weight:g} × {term.name}:\n{describe(term.objective, indent + '    ')}"
                          for term in objective.terms)
-    if hasattr(objective, "below") and hasattr(objective, "above"):   # a gate: one objective per route
+    if isinstance(objective, Gate):                                     # one objective per route
         return (f"{indent}per prompt, success rate ≤ {objective.gamma:g} → below, else above\n"
                 f"{indent}below:\n{describe(objective.below, indent + '    ')}\n"
                 f"{indent}above:\n{describe(objective.above, indent + '    ')}")
-    if not hasattr(objective, "advantage"):
+    if not isinstance(objective, Estimator):
         return f"{indent}{objective!r}"
     return "\n".join(f"{indent}{part:<12} {getattr(objective, part)!r}"
                      for part in ("mask", "denominator", "advantage", "likelihood"))

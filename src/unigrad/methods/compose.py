@@ -17,8 +17,19 @@ This is the only place part names are looked up; in code, parts are plain values
 from __future__ import annotations
 
 from unigrad import estimator as E
-from unigrad.divergences import DIVERGENCES, divergence
-from unigrad.objectives import KLPenalty, Sum, Term
+from unigrad.estimator.normalisers import Rows
+from unigrad.objectives import DIVERGENCES, KLPenalty, Sum, Term, divergence
+
+
+def rows_token_mean(rows: Rows = "negative") -> E.Restrict:
+    """Old config name for ``{name: restrict, normaliser: token_mean, rows: ...}``."""
+    return E.Restrict(E.TokenMean(), rows)
+
+
+def rows_sequence_sum(rows: Rows = "negative") -> E.Restrict:
+    """Old config name for ``{name: restrict, normaliser: sequence_sum, rows: ...}``."""
+    return E.Restrict(E.SequenceSum(), rows)
+
 
 PARTS = {
     "mask": {"none": E.NoMask, "ppo_clip": E.PPOClip, "clamped_ratio": E.ClampedRatio},
@@ -31,8 +42,8 @@ PARTS = {
               "length_normalised_reward": E.LengthNormalisedReward, "log_odds": E.LogOdds},
     "link": {"logistic": E.Logistic, "squared": E.Squared},
     "normaliser": {"token_mean": E.TokenMean, "sequence_mean": E.SequenceMean, "sequence_sum": E.SequenceSum,
-                   "constant": E.ConstantNormaliser, "rows_token_mean": E.RowsTokenMean,
-                   "rows_sequence_sum": E.RowsSequenceSum},
+                   "fixed_count": E.FixedCount, "constant": E.FixedCount, "restrict": E.Restrict,
+                   "rows_token_mean": rows_token_mean, "rows_sequence_sum": rows_sequence_sum},
 }
 _NESTED = {"score": "score", "link": "link", "normaliser": "normaliser"}
 

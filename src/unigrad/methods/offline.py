@@ -5,11 +5,9 @@ h = ℓ − ℓ_ref (sums), σ logistic.
 from __future__ import annotations
 
 from unigrad.estimator import (
-    CurrentPolicy, Estimator, Likelihood, ReferencePolicy, SequenceMean, SequenceSum,
+    AbsoluteLikelihood, ClampedRatio, CurrentPolicy, Estimator, LeftoverAdvantage, Likelihood, LogSigmoidRatio,
+    ReferencePolicy, Restrict, SequenceMean, SequenceSum,
 )
-from unigrad.estimator.offline_advantages import AbsoluteLikelihood, ClampedRatio, LeftoverAdvantage
-from unigrad.estimator.rows import RowsSequenceSum
-from unigrad.estimator.unlearning_advantages import LogSigmoidRatio
 from unigrad.objectives import Sum, Term
 
 
@@ -40,9 +38,9 @@ def ddo(beta: float = 0.1, alpha: float = 0.5) -> Sum:
     π_den = sg π_θ, sequence-sum likelihood, mean over each side's rows) with Â = β σ(−β h) on data
     rows and Â = −β σ(β h) on reference rows (weight α)."""
     data = Estimator(advantage=LogSigmoidRatio(beta=beta, direction=1, scale=1.0, rows="positive"),
-                     likelihood=Likelihood("sequence", RowsSequenceSum("positive")))
+                     likelihood=Likelihood("sequence", Restrict(SequenceSum(), "positive")))
     fake = Estimator(advantage=LogSigmoidRatio(beta=beta, direction=-1, scale=1.0, rows="negative"),
-                     likelihood=Likelihood("sequence", RowsSequenceSum("negative")))
+                     likelihood=Likelihood("sequence", Restrict(SequenceSum(), "negative")))
     return Sum((Term(1.0, data, "data"), Term(alpha, fake, "reference_samples")))
 
 

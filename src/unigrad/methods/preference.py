@@ -1,16 +1,16 @@
-"""Supervised and preference methods (offline), each a composition of the estimator's parts.
+"""Supervised and preference methods (offline): factories composing the estimator's parts.
 
 Notation: ℓ(y) = Σ_t log π_θ(y_t|x, y_<t), |y| its length, ℓ̄ = ℓ/|y|, h = ℓ − ℓ_ref, σ logistic.
 Pairs are averaged over; SFT is a token mean over the batch.
 """
 from __future__ import annotations
 
-from unigrad.divergences import divergence as _divergence
 from unigrad.estimator import (
     Chosen, Constant, Estimator, FDivergenceReward, ImpliedReward, LengthNormalisedReward, Likelihood,
     Logistic, LogOdds, PairwisePreference, SequenceMean, SequenceSum, Squared, TokenMean,
 )
 from unigrad.objectives import Sum, Term
+from unigrad.objectives import divergence as _divergence
 
 _PER_PAIR_SUM = Likelihood("sequence", SequenceSum(per="group"))
 _PER_PAIR_MEAN = Likelihood("sequence", SequenceMean(per="group"))

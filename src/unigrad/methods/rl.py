@@ -1,4 +1,4 @@
-"""Online RL methods (rollouts scored by a reward), each a composition of the estimator's parts.
+"""Online RL methods (rollouts scored by a reward): factories composing the estimator's parts.
 
 Notation: a prompt q has rollouts y_1..y_n (rows sharing ``group``) sampled from π_old, each with a
 scalar reward R_i; ℓ_{i,t} = log π_θ(y_{i,t}|q, y_{i,<t}); r_{i,t} = π_θ/π_old at token t;
@@ -6,21 +6,17 @@ clip(r) = clip(r, 1 − ε_low, 1 + ε_high); |y_i| the completion length; N the
 the batch (the step), N_tok the number of their completion tokens. Losses are to be minimised.
 
 Rollout-level pieces that are not part of the gradient (DAPO's dynamic sampling and overlong reward
-shaping) are pure functions here, ``keep_informative_groups`` and ``overlong_penalty``; the sampler
-/ training loop applies them before the batch reaches the objective.
+shaping) live in ``unigrad.rollout.shaping``; the rollout producer applies them before the batch
+reaches the objective.
 """
 from __future__ import annotations
 
-import torch
-from torch import Tensor
-
 from unigrad.estimator import (
-    BehaviourPolicy, Constant, ConstantNormaliser, CurrentPolicy, Estimator, GlobalNormalised, GroupCentred,
-    GroupNormalised, LeaveOneOut, Likelihood, PPOClip, Reinforce, SequenceMean, SequenceSum, TokenMean,
+    BehaviourPolicy, CurrentPolicy, Estimator, FixedCount, GlobalNormalised, GroupCentred, GroupNormalised,
+    LeaveOneOut, Likelihood, NoMask, PPOClip, Reinforce, SequenceMean, SequenceSum, TokenMean,
 )
-from unigrad.estimator.masks import NoMask
-from unigrad.gates import Gate
-from unigrad.objectives import KLPenalty, Sum, Term
+from unigrad.methods.preference import sft
+from unigrad.objectives import Gate, KLPenalty, Sum, Term
 
 _PER_SEQUENCE_TOKEN_MEAN = Likelihood("token", SequenceMean())
 _SEQUENCE_LOGPROB = Likelihood("sequence", SequenceSum())
@@ -59,9 +55,9 @@ def dr_grpo(eps: float = 0.2, max_tokens: float = 3000.0) -> Estimator:
     with a constant c = ``max_tokens``. The authors' code (oat, ``critic_type=drgrpo``) divides each
     sequence's token sum by ``generate_max_length`` and averages over sequences; their example
     scripts (sail-sg/understand-r1-zero) set it to 3000, hence the default. Set it to the sampler's
-    maximum completion length. Parts: PPO clip, π_old, group-centred Â, token unit, Constant(c)."""
+    maximum completion length. Parts: PPO clip, π_old, group-centred Â, token unit, FixedCount(c)."""
     return Estimator(mask=PPOClip(eps, eps), denominator=BehaviourPolicy(), advantage=GroupCentred(),
-                     likelihood=Likelihood("token", ConstantNormaliser(float(max_tokens))))
+                     likelihood=Likelihood("token", FixedCount(float(max_tokens))))
 
 
 def dapo(eps_low: float = 0.2, eps_high: float = 0.28) -> Estimator:
@@ -73,42 +69,11 @@ def dapo(eps_low: float = 0.2, eps_high: float = 0.28) -> Estimator:
 
     Parts: PPO clip (ε_low, ε_high), π_old, group-normalised Â, token unit, token mean over the
     batch. DAPO's other two techniques act on the data, not the gradient: dynamic sampling
-    (``keep_informative_groups``: keep only prompts with 0 < #correct < G, and sample more until
-    the batch is full) and soft overlong punishment (``overlong_penalty``, added to the reward);
-    the sampler / loop applies them."""
+    (``rollout.shaping.keep_informative_groups``: keep only prompts with 0 < #correct < G, and sample more until
+    the batch is full) and soft overlong punishment (``rollout.shaping.overlong_penalty``, added to the
+    reward); the rollout producer applies them."""
     return Estimator(mask=PPOClip(eps_low, eps_high), denominator=BehaviourPolicy(), advantage=GroupNormalised(),
                      likelihood=Likelihood("token", TokenMean()))
-
-
-def keep_informative_groups(reward: Tensor, group: Tensor) -> Tensor:
-    """DAPO's dynamic sampling filter (eq. 11 constraint 0 < |{o_i correct}| < G): a [B] bool mask,
-    True on the rows of prompts whose rewards are not all equal (those with all-equal rewards have
-    Â = 0 and give no gradient). The sampler keeps drawing prompts until the batch is full."""
-    _, inverse = torch.unique(group, return_inverse=True)
-    k = int(inverse.max()) + 1 if inverse.numel() else 0
-    lowest = torch.full((k,), float("inf"), dtype=torch.float64, device=reward.device)
-    highest = torch.full((k,), float("-inf"), dtype=torch.float64, device=reward.device)
-    values = reward.detach().to(torch.float64)
-    lowest = lowest.scatter_reduce(0, inverse, values, reduce="amin")
-    highest = highest.scatter_reduce(0, inverse, values, reduce="amax")
-    return (highest > lowest)[inverse]
-
-
-def overlong_penalty(lengths: Tensor, max_length: float, cache: float, factor: float = 1.0) -> Tensor:
-    """DAPO's soft overlong punishment (eq. 13), a reward term added to the task reward:
-
-        R_length(y) = 0                                  |y| ≤ L_max − L_cache
-                      ((L_max − L_cache) − |y|) / L_cache  L_max − L_cache < |y| ≤ L_max
-                      −1                                 |y| > L_max
-
-    times ``factor`` (verl's ``overlong_buffer.penalty_factor``; 1 in the paper). L_max =
-    ``max_length``, L_cache = ``cache``; the paper uses L_max = 20480, L_cache = 4096."""
-    if not 0 < cache <= max_length:
-        raise ValueError(f"overlong_penalty: need 0 < cache ≤ max_length, got cache={cache}, max_length={max_length}")
-    lengths = torch.as_tensor(lengths, dtype=torch.float64)
-    expected = max_length - cache
-    penalty = ((expected - lengths) / cache).clamp(min=-1.0, max=0.0)
-    return factor * penalty
 
 
 def gspo(eps_low: float = 3e-4, eps_high: float = 4e-4) -> Estimator:
@@ -180,6 +145,5 @@ def hpt(gamma: float = 0.0, eps: float = 0.2, sft_weight: float = 1.0) -> Gate:
     rewards without the std (``grpo_use_std=False``), drops the clip, sums over tokens and divides by
     the maximum response length (Dr. GRPO's normaliser) jointly for SFT and RL rows, and adds an
     entropy bonus (0.001). Compose ``Gate(below=..., above=dr_grpo(...))`` for that form."""
-    sft = Estimator(mask=NoMask(), denominator=CurrentPolicy(), advantage=Constant(1.0), likelihood=Likelihood("token", TokenMean()))
-    below = sft if sft_weight == 1.0 else Sum((Term(float(sft_weight), sft, "sft"),))
+    below = sft() if sft_weight == 1.0 else Sum((Term(float(sft_weight), sft(), "sft"),))
     return Gate(threshold_field="success_rate", gamma=float(gamma), below=below, above=grpo(eps=eps))

@@ -1,21 +1,22 @@
-"""Unlearning methods, each a composition of the estimator's parts.
+"""Unlearning methods: factories composing the estimator's parts.
 
 Rows: ``sign = −1`` marks forget rows, ``sign = +1`` retain rows (FLAT: template answers; SAFE-ALIGN:
 helpful/blue responses). Notation: ℓ_t = log π_θ(y_t|x, y_<t), ℓ(y) = Σ_t ℓ_t, h = ℓ − ℓ_ref,
 p_t = exp ℓ_t, σ logistic; N_f / N_r the forget / retain completion tokens, B_f the forget rows.
-Each side is averaged over its own rows (``unigrad.estimator.rows``).
+Each side is averaged over its own rows (``Restrict`` in ``unigrad.estimator.normalisers``).
 """
 from __future__ import annotations
 
-from unigrad.estimator import Estimator, Likelihood, TokenMean
-from unigrad.estimator.rows import FORGET, RETAIN, RowsConstant, RowsSequenceSum, RowsTokenMean
-from unigrad.estimator.unlearning_advantages import (
-    FLAT_DIVERGENCES, FlatForget, FlatTemplate, InvertedHinge, LogSigmoidRatio, ReferenceKL, SafeAlignWeight,
+from unigrad.estimator import (
+    Estimator, FlatForget, FlatTemplate, Likelihood, LogSigmoidRatio, ReferenceKL, Restrict, RowsConstant,
+    SafeAlignWeight, SequenceSum, TokenMean,
 )
-from unigrad.objectives import Sum, Term
+from unigrad.estimator.advantages import FLAT_DIVERGENCES
+from unigrad.estimator.normalisers import FORGET, RETAIN
+from unigrad.objectives import InvertedHinge, Sum, Term
 
-_FORGET_TOKENS = Likelihood("token", RowsTokenMean(FORGET))
-_RETAIN_TOKENS = Likelihood("token", RowsTokenMean(RETAIN))
+_FORGET_TOKENS = Likelihood("token", Restrict(TokenMean(), FORGET))
+_RETAIN_TOKENS = Likelihood("token", Restrict(TokenMean(), RETAIN))
 
 
 def _ascent() -> Estimator:
@@ -67,7 +68,7 @@ def npo(beta: float = 0.1, retain_weight: float = 0.0):
     forget rows; ``objective`` = L_NPO.
     retain_weight = c > 0: NPO+RT, L = L_NPO + c · (−(1/N_r) Σ_retain ℓ_t)  (code: ``npo_grad_diff``)."""
     forget = Estimator(advantage=LogSigmoidRatio(beta=beta, direction=-1, scale=2.0 / beta, rows=FORGET),
-                       likelihood=Likelihood("sequence", RowsSequenceSum(FORGET)))
+                       likelihood=Likelihood("sequence", Restrict(SequenceSum(), FORGET)))
     if not retain_weight:
         return forget
     return Sum((Term(1.0, forget, "npo"), Term(retain_weight, _retain_nll(), "retain_nll")))
@@ -80,7 +81,7 @@ def ihl(retain_weight: float = 1.0, field: str = "logp_top_other"):
         L = (1/N_f) Σ_{forget tokens} [1 + p_θ(y_t) − max_{v≠y_t} p_θ(v)]  +  c · (−(1/N_r) Σ_retain ℓ_t)
 
     c = ``retain_weight`` (the paper's recipe: 1). Needs ``batch.extra[field]`` = log max_{v≠y_t}
-    π_θ(v|·) [B, T] WITH gradient (top-2 of the logits, from the log-prob engine).
+    π_θ(v|·) [B, T] WITH gradient (top-2 of the logits, from the log-prob producer ``BestOtherToken``).
     The IHL term is the standalone ``InvertedHinge`` objective: two four-part Estimators, one on the
     data token (Â = −p(y_t)) and one on the competing token (Â = +p(v*), likelihood ∇log π_θ(v*)),
     since one Estimator has one likelihood. FILA (the Fisher-weighted LoRA initialisation of the same

@@ -8,12 +8,12 @@ How it runs, per chunk of prompts:
 1. prefill: the prompts, left-padded (attention mask 0 on padding, position ids counting real
    tokens from 0), go through the model once with the KV cache on;
 2. for ``num_generations = n > 1`` the cache and the last hidden state are repeated n times along the
-   batch (``Cache.batch_repeat_interleave``), so each prompt is prefilled once for its whole group;
+   batch (``rollout.kv_cache``), so each prompt is prefilled once for its whole group;
 3. decode: one token per step for every live row — temperature, top-k, top-p, stop on an
    end-of-sequence token, at most ``max_new_tokens``; rows that stopped leave the batch
    (``Cache.batch_select_indices``).
 
-The logits are computed like ``policy.token_logprobs`` does (the model's body, its output layer and
+The logits are computed like ``logprobs.token_logprobs`` does (the model's body, its output layer and
 the architecture's logit transform, in float32 for half-precision models), so ``logp_policy`` equals
 ``token_logprobs(model, collate(rollouts.sequences()))`` up to floating-point noise.
 """
@@ -22,8 +22,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from unigrad.policy import _body_and_head, _logit_transform, left_padded, repeat_cache_rows, select_cache_rows
+from unigrad.logprobs.readout import body_and_head, compute_dtype, logit_transform
 from unigrad.rollout.base import Rollouts, check_sampling_args
+from unigrad.rollout.kv_cache import cached_forward, left_padded, repeat_cache_rows, select_cache_rows
 
 
 class HFSampler:
@@ -109,11 +110,10 @@ class HFSampler:
 
     def _chunk(self, prompts: list[list[int]], n: int, max_new: int, temperature: float, top_p: float,
                top_k: int, gen: torch.Generator):
-        body, head, config = _body_and_head(self.model)
-        transform = _logit_transform(config)
-        param = next(self.model.parameters())
-        dev = param.device
-        compute_dtype = torch.promote_types(param.dtype, torch.float32)
+        body, head, config = body_and_head(self.model)
+        transform = logit_transform(config)
+        dev = next(self.model.parameters()).device
+        dtype = compute_dtype(self.model)
         stop = torch.tensor(self.stop_token_ids, device=dev)
 
         P = len(prompts)
@@ -122,8 +122,8 @@ class HFSampler:
         if not share and n > 1:
             ids, att, pos = (x.repeat_interleave(n, dim=0) for x in (ids, att, pos))
 
-        out = body(input_ids=ids, attention_mask=att, position_ids=pos, use_cache=True)
-        cache, h = out.past_key_values, out.last_hidden_state[:, -1]
+        out, cache = cached_forward(body, input_ids=ids, attention_mask=att, position_ids=pos)
+        h = out.last_hidden_state[:, -1]
         if share:
             cache = repeat_cache_rows(cache, n)
             h, att, pos = (x.repeat_interleave(n, dim=0) for x in (h, att, pos))
@@ -131,11 +131,11 @@ class HFSampler:
         next_pos = pos[:, -1] + 1                                     # [b] position of the next token
         active = torch.arange(B, device=dev)                          # row index of each live row
         tokens = torch.full((B, max_new), -1, dtype=torch.long, device=dev)
-        lps = torch.zeros((3, B, max_new), dtype=compute_dtype, device=dev)
+        lps = torch.zeros((3, B, max_new), dtype=dtype, device=dev)
         finished = torch.zeros(B, dtype=torch.bool, device=dev)
 
         for step in range(max_new):
-            z = transform(head(h)).to(compute_dtype)                  # [b, V]
+            z = transform(head(h)).to(dtype)                          # [b, V]
             tok, lp = _pick(z, temperature, top_k, top_p, gen)
             tokens[active, step] = tok
             lps[:, active, step] = lp
@@ -148,9 +148,9 @@ class HFSampler:
                 cache = select_cache_rows(cache, keep)
                 att, next_pos, tok, active = att[keep], next_pos[keep], tok[keep], active[keep]
             att = torch.cat([att, att.new_ones(att.shape[0], 1)], dim=1)
-            out = body(input_ids=tok[:, None], attention_mask=att, position_ids=next_pos[:, None],
-                       past_key_values=cache, use_cache=True)
-            cache, h = out.past_key_values, out.last_hidden_state[:, -1]
+            out, cache = cached_forward(body, cache, input_ids=tok[:, None], attention_mask=att,
+                                        position_ids=next_pos[:, None])
+            h = out.last_hidden_state[:, -1]
             next_pos = next_pos + 1
 
         lengths = (tokens >= 0).sum(1).tolist()

@@ -1,5 +1,7 @@
-"""DeepSpeed ZeRO as a layout (see ``distributed``): ``accelerate launch --use_deepspeed --zero_stage S``
-or ``train.deepspeed: S`` with several processes.
+"""``ZeRO``: DeepSpeed's ZeRO stages 1–3 as a layout, driven so that the update stays the one-process update.
+
+Chosen by ``train.deepspeed: S`` or ``accelerate launch --use_deepspeed --zero_stage S`` with several
+processes; DeepSpeed is imported only then.
 
 DeepSpeed's engine owns the gradient reduction, the clip and the optimiser update; the loop's exactness
 (P processes × batch b = one process × batch P·b) is kept by how the engine is driven:
@@ -20,14 +22,14 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from unigrad.config import ConfigError
-from unigrad.distributed import Engine, Processes
+from unigrad.parallel.model_call import ModelCall
+from unigrad.parallel.processes import Processes
 
 ELEMENTWISE_OPTIMIZERS = ("adamw", "adam", "sgd", "rmsprop", "adagrad")
 # what unigrad's config decides, so a DeepSpeed config file may not set it to something else
@@ -94,15 +96,15 @@ class ZeRO:
     def stage(self) -> int:
         return int(self.config["zero_optimization"]["stage"])
 
-    def prepare(self, model) -> Engine:
+    def prepare(self, model) -> ModelCall:
         """A frozen model (the reference) is held whole on every process."""
-        return Engine(model)
+        return ModelCall(model)
 
     def train_engine(self, model, make_optimizer):
         import deepspeed
         logging.getLogger("DeepSpeed").setLevel(logging.WARNING)    # its INFO lines would bury the run's log
         params = [p for p in model.parameters() if p.requires_grad]
-        engine, optimizer, _, _ = deepspeed.initialize(model=Engine(model), optimizer=make_optimizer(params),
+        engine, optimizer, _, _ = deepspeed.initialize(model=ModelCall(model), optimizer=make_optimizer(params),
                                                        config=sized_for(self.config, model))
         return engine, optimizer
 
@@ -219,32 +221,16 @@ def sized_for(config: dict, model) -> dict:
     return config
 
 
-def zero_layout(procs: Processes, stage: int, train_config, dtype: torch.dtype) -> ZeRO:
-    """The ZeRO layout for this run, from ``train.deepspeed`` or accelerate's launch settings."""
-    if train_config.optimizer.lower() not in ELEMENTWISE_OPTIMIZERS:
-        raise ConfigError(f"train.optimizer: {train_config.optimizer!r} under DeepSpeed — ZeRO runs the optimiser "
-                          "on flat shards of all parameters, the same update only for an element-wise optimiser: "
-                          f"use one of {', '.join(ELEMENTWISE_OPTIMIZERS)}")
-    precision = os.environ.get("ACCELERATE_MIXED_PRECISION", "no").lower()
-    if precision not in ("no", "bf16" if dtype == torch.bfloat16 else "no"):
-        raise ConfigError(f"accelerate launch --mixed_precision {precision}: unigrad sets the precision with "
-                          "model.dtype (bfloat16 turns on DeepSpeed's bf16 with fp32 master weights)")
-    for variable, ours, name in (("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", train_config.grad_accum, "grad_accum"),
-                                 ("ACCELERATE_GRADIENT_CLIPPING", train_config.max_grad_norm or 0.0, "max_grad_norm")):
-        launched = os.environ.get(variable, "")
-        if launched not in ("", "auto", "none") and float(launched) != float(ours):
-            raise ConfigError(f"accelerate launch sets {variable}={launched}, but the unigrad config says "
-                              f"train.{name}: {ours}; set it in the config only")
-    try:
-        import deepspeed  # noqa: F401
-    except ImportError:
-        raise ConfigError("DeepSpeed is not installed: pip install --no-build-isolation 'deepspeed>=0.19' "
-                          "(without --no-build-isolation pip builds it against a freshly downloaded torch)") from None
-    user_file = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE") or None
-    config = deepspeed_config(stage, train_config.max_grad_norm, dtype, train_config.grad_accum, user_file,
-                              os.environ.get("ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE"),
-                              os.environ.get("ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE"))
-    if train_config.deepspeed and int(config["zero_optimization"]["stage"]) != train_config.deepspeed:
-        raise ConfigError(f"train.deepspeed: {train_config.deepspeed}, but the DeepSpeed config {user_file} says "
-                          f"zero_optimization.stage {config['zero_optimization']['stage']}; give the stage once")
-    return ZeRO(procs, config)
+_ACCELERATOR_NOTICES = ("Setting accelerator to", "Setting ds_accelerator to")
+
+
+def quiet_accelerator_notice() -> None:
+    """Drop the line DeepSpeed logs when it is first imported, saying which accelerator it detected
+    ("Setting accelerator to CPU. If you have GPU …"). transformers' ``save_pretrained`` imports
+    DeepSpeed whenever it is installed (accelerate's unwrap looks for its engine), used or not, and
+    unigrad has already chosen the device; the line is nothing a user can act on."""
+    logging.getLogger("DeepSpeed").addFilter(_not_accelerator_notice)
+
+
+def _not_accelerator_notice(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith(_ACCELERATOR_NOTICES)

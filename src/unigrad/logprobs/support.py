@@ -1,8 +1,8 @@
-"""The distribution engine for distillation: teacher top-k, student log-probs at the teacher's support.
+"""Teacher support for distillation: the teacher's top-k, the student's log-probs at that support, ``distill_fields``.
 
-Per completion token t of sequence b (laid out by a ``TokenBatch``, as in ``policy.token_logprobs``),
-with z the model's logits at the position that predicts it (after the architecture's logit transform)
-and temperature τ:
+Per completion token t of sequence b (laid out by a ``TokenBatch``, as in ``token_logprobs``), with z
+the model's logits at the position that predicts it (after the architecture's logit transform) and
+temperature τ:
 
     log p(v) = z_v/τ − logsumexp(z/τ)                       (normalised over the FULL vocabulary)
 
@@ -13,10 +13,7 @@ and temperature τ:
                       target = log p(y_t)                    (the completion token, = ``token_logprobs``)
                       computed exactly per chunk (masked logsumexp, no 1 − Σ cancellation).
 k = None means the full vocabulary: values are [B, T, V] in vocabulary order and indices are None.
-
-Memory: as ``policy.token_logprobs``, the body runs once; the vocabulary projection runs over chunks of
-``chunk_size`` completion tokens (under activation checkpointing for the student), so full-vocabulary
-logits exist for at most one chunk at a time; outputs are [B, T, k].
+Both run chunked over completion tokens (``logprobs.readout``); outputs are [B, T, k].
 
 ``distill_fields(student, teacher, tb, k, chunk_size)`` returns the ``Batch.extra`` fields every
 distillation objective in ``unigrad.methods.distill`` reads (see its docstring).
@@ -25,12 +22,11 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.utils.checkpoint import checkpoint
 
-from unigrad.policy import _body_and_head, check_engine_args, completion_states, scatter
+from unigrad.logprobs.readout import body_and_head, check_args, chunked, completion_states, scatter, tempered
 from unigrad.tokens import TokenBatch
 
-# Batch.extra fields produced by ``distill_fields`` (the loop calls it when an objective requires any).
+# Batch.extra fields produced by ``distill_fields``.
 DISTILL_FIELDS = frozenset({
     "student_logp_topk", "teacher_logp_topk", "student_logp_rest", "teacher_logp_rest",
     "student_logp_tail", "student_logp_target", "teacher_logp_target", "target_in_topk", "topk_indices",
@@ -42,8 +38,7 @@ def support_logprobs(logits: Tensor, indices: Tensor | None, target: Tensor | No
     """From logits [N, V] (differentiable): ``topk`` = log p at ``indices`` [N, k] (all V when None),
     ``rest`` = log Σ_{v∉S} p(v), and with ``target`` [N]: ``target`` = log p(y), ``tail`` = log Σ_{v∉S∪{y}} p(v).
     The pure function under every chunk; identity tests use it to go from logits to the objectives' inputs."""
-    if temperature != 1.0:
-        logits = logits / temperature
+    logits = tempered(logits, temperature)
     lse = torch.logsumexp(logits, dim=-1, keepdim=True)
     out = {}
     if indices is None:
@@ -66,32 +61,25 @@ def support_logprobs(logits: Tensor, indices: Tensor | None, target: Tensor | No
 def teacher_topk(model, tb: TokenBatch, k: int | None, chunk_size: int = 1024, temperature: float = 1.0,
                  return_extras: bool = False):
     """The teacher's top-k log-probs ``values`` [B, T, k] (sorted descending) and ``indices`` [B, T, k]
-    (long), under ``torch.inference_mode()``, chunked over completion tokens (full-vocabulary logits exist
-    for one chunk at a time). ``k = None`` (or k ≥ V): the full vocabulary, ``values`` [B, T, V] in
-    vocabulary order and ``indices`` None. Positions where ``completion_mask`` is 0 hold 0.
+    (long), under ``torch.inference_mode()``. ``k = None`` (or k ≥ V): the full vocabulary, ``values``
+    [B, T, V] in vocabulary order and ``indices`` None. Positions where ``completion_mask`` is 0 hold 0.
     With ``return_extras``, a third output: a dict of [B, T] tensors, ``rest`` = log Σ_{v∉S} p(v)
     (exact masked logsumexp; −inf on the full vocabulary and where masked) and ``target`` = log p(y_t).
     Outputs are ordinary (not inference) tensors."""
-    check_engine_args(chunk_size, temperature)
+    check_args(chunk_size, temperature)
     with torch.inference_mode():
-        h, target, sel, head, transform, dtype = completion_states(model, tb)
-        pieces = []
-        vocab = head.weight.shape[0]
-        full = k is None or k >= vocab
-        for i in range(0, h.shape[0], chunk_size):
-            logits = transform(head(h[i:i + chunk_size])).to(dtype)
+        states = completion_states(model, tb)
+        full = k is None or k >= states.vocab_size
+
+        def chunk(logits: Tensor, target: Tensor):
             indices = None if full else torch.topk(logits, k, dim=-1, sorted=True).indices
-            out = support_logprobs(logits, indices, target[i:i + chunk_size], temperature)
-            pieces.append((out["topk"], out["rest"], out["target"])
-                          + (() if full else (indices,)))
-        if not pieces:
-            width = vocab if full else k
-            pieces = [(h.new_zeros(0, width, dtype=dtype), h.new_zeros(0, dtype=dtype), h.new_zeros(0, dtype=dtype))
-                      + (() if full else (torch.zeros(0, k, dtype=torch.long, device=h.device),))]
-        columns = [torch.cat(col) for col in zip(*pieces)]
-        values = scatter(sel, columns[0])
-        indices = None if full else scatter(sel, columns[3])
-        rest, target_lp = scatter(sel, columns[1], float("-inf")), scatter(sel, columns[2])
+            out = support_logprobs(logits, indices, target, temperature)
+            return (out["topk"], out["rest"], out["target"]) + (() if full else (indices,))
+
+        columns = chunked(chunk, states, chunk_size=chunk_size)
+        values = scatter(states.sel, columns[0])
+        indices = None if full else scatter(states.sel, columns[3])
+        rest, target_lp = scatter(states.sel, columns[1], float("-inf")), scatter(states.sel, columns[2])
     # clone outside inference mode: ordinary tensors, usable in autograd-recorded code
     values, indices = values.clone(), None if indices is None else indices.clone()
     if not return_extras:
@@ -99,41 +87,28 @@ def teacher_topk(model, tb: TokenBatch, k: int | None, chunk_size: int = 1024, t
     return values, indices, {"rest": rest.clone(), "target": target_lp.clone()}
 
 
-def _chunk_support(head, transform, temperature, dtype, with_target, h, indices, target):
-    logits = transform(head(h)).to(dtype)
-    out = support_logprobs(logits, indices, target if with_target else None, temperature)
-    keys = ("topk", "rest", "target", "tail") if with_target else ("topk", "rest")
-    return tuple(out[key] for key in keys)
-
-
 def student_logprobs_at(model, tb: TokenBatch, indices: Tensor | None, chunk_size: int = 1024,
                         temperature: float = 1.0, return_extras: bool = False):
     """The student's log-probs [B, T, k] at ``indices`` [B, T, k] (the teacher's support; None: the full
-    vocabulary, [B, T, V]), normalised over the full vocabulary, WITH gradient, chunked under activation
-    checkpointing like ``policy.token_logprobs``. Masked positions hold 0.
+    vocabulary, [B, T, V]), normalised over the full vocabulary, WITH gradient. Masked positions hold 0.
 
     With ``return_extras``, also a dict of [B, T] tensors (with gradient): ``rest`` = log Σ_{v∉S} p(v),
     ``tail`` = log Σ_{v∉S∪{y_t}} p(v), ``target`` = log p(y_t) (−inf for rest/tail on the full vocabulary;
     0 where masked)."""
-    check_engine_args(chunk_size, temperature)
-    h, target, sel, head, transform, dtype = completion_states(model, tb)
-    idx = None if indices is None else indices.to(h.device)[sel]
-    use_ckpt = torch.is_grad_enabled() and (h.requires_grad or any(p.requires_grad for p in head.parameters()))
-    pieces = []
-    for i in range(0, h.shape[0], chunk_size):
-        args = (head, transform, float(temperature), dtype, bool(return_extras), h[i:i + chunk_size],
-                None if idx is None else idx[i:i + chunk_size], target[i:i + chunk_size])
-        pieces.append(checkpoint(_chunk_support, *args, use_reentrant=False) if use_ckpt else _chunk_support(*args))
-    if not pieces:
-        width = indices.shape[-1] if indices is not None else head.weight.shape[0]
-        pieces = [(h.new_zeros(0, width, dtype=dtype),) + tuple(h.new_zeros(0, dtype=dtype)
-                                                                 for _ in range(3 if return_extras else 1))]
-    columns = [torch.cat(col) for col in zip(*pieces)]
-    topk = scatter(sel, columns[0])
+    check_args(chunk_size, temperature)
+    states = completion_states(model, tb)
+    keys = ("topk", "rest", "target", "tail") if return_extras else ("topk",)
+
+    def chunk(logits: Tensor, target: Tensor, support: Tensor | None):
+        out = support_logprobs(logits, support, target if return_extras else None, temperature)
+        return tuple(out[key] for key in keys)
+
+    support = None if indices is None else indices.to(states.hidden.device)[states.sel]
+    columns = dict(zip(keys, chunked(chunk, states, support, chunk_size=chunk_size)))
+    topk = scatter(states.sel, columns.pop("topk"))
     if not return_extras:
         return topk
-    names = ("rest", "target", "tail")
-    return topk, {name: scatter(sel, col) for name, col in zip(names, columns[1:])}
+    return topk, {name: scatter(states.sel, column) for name, column in columns.items()}
 
 
 def student_logprobs_full(model, tb: TokenBatch, chunk_size: int = 1024, temperature: float = 1.0) -> Tensor:
@@ -158,7 +133,7 @@ def distill_fields(student, teacher, tb: TokenBatch, k: int | None = None, chunk
         topk_indices        [B, T, k]  long, S (absent when S is the full vocabulary)
     Both distributions are at ``temperature``. Masked positions hold 0 (the teacher's rest −inf); the
     objectives never read them. Teacher and student must share the tokenizer and the vocabulary size."""
-    v_student, v_teacher = (_body_and_head(m)[1].weight.shape[0] for m in (student, teacher))
+    v_student, v_teacher = (body_and_head(m)[1].weight.shape[0] for m in (student, teacher))
     if v_student != v_teacher:
         raise ValueError(f"teacher and student vocabularies differ ({v_teacher} vs {v_student} output rows); "
                          "distillation here needs one shared tokenizer and vocabulary size")

@@ -1,7 +1,7 @@
-"""Combinators: objectives built from objectives, the way optax's ``chain`` builds transformations.
+"""KL to the reference: the sampled per-token estimates k1/k2/k3 and the regulariser built on them.
 
-An objective is any value with ``requires`` (the Batch fields it reads) and ``loss(batch) -> Output``.
-``Estimator`` is the basic one; ``Sum`` weighs several; ``KLPenalty`` is the usual regulariser.
+``kl_estimate`` is the one implementation, shared by ``KLPenalty``, grad-diff's retain term
+(``estimator.advantages.ReferenceKL``) and the training loop's KL diagnostic.
 """
 from __future__ import annotations
 
@@ -12,37 +12,10 @@ import torch
 from torch import Tensor
 
 from unigrad.batch import Batch
-from unigrad.estimator.core import Output
-from unigrad.estimator.likelihoods import SequenceMean, TokenMean, reduce_within
+from unigrad.estimator.normalisers import SequenceMean, reduce_within
+from unigrad.estimator.protocols import Normaliser, Output
 
-
-@dataclass(frozen=True)
-class Term:
-    weight: float
-    objective: object
-    name: str = ""
-
-
-@dataclass(frozen=True)
-class Sum:
-    """L = Σ_i w_i L_i, with objective Σ_i w_i objective_i; metrics prefixed by each term's name."""
-
-    terms: tuple[Term, ...]
-
-    @property
-    def requires(self) -> frozenset[str]:
-        return frozenset().union(*(term.objective.requires for term in self.terms))
-
-    def loss(self, batch: Batch) -> Output:
-        loss, objective, metrics = 0.0, 0.0, {}
-        for index, term in enumerate(self.terms):
-            out = term.objective.loss(batch)
-            loss = loss + term.weight * out.loss
-            objective = objective + term.weight * out.objective
-            name = term.name or f"term{index}"
-            metrics.update({f"{name}/{key}": value for key, value in out.metrics.items()})
-            metrics[f"{name}/objective"] = float(out.objective)
-        return Output(loss=loss, objective=objective, metrics=metrics)
+KL_ESTIMATORS = ("k1", "k2", "k3")
 
 
 def kl_estimate(logp: Tensor, logp_ref: Tensor, estimator: str) -> Tensor:
@@ -59,16 +32,23 @@ def kl_estimate(logp: Tensor, logp_ref: Tensor, estimator: str) -> Tensor:
     raise ValueError(f"unknown KL estimator {estimator!r}; choose k1, k2 or k3")
 
 
+def reference_kl(batch: Batch) -> float:
+    """The token mean of k3 over the batch's completion tokens: KL(π_θ ‖ π_ref) as a diagnostic."""
+    mask = batch.mask.to(batch.logp.dtype)
+    kl = kl_estimate(batch.logp.detach(), batch.require("logp_ref").detach(), "k3")
+    return float((kl * mask).sum() / mask.sum().clamp(min=1))
+
+
 @dataclass(frozen=True)
 class KLPenalty:
     """L = (1/Z) Σ_b Σ_t k(ℓ_t, ℓ_ref,t), a KL-to-reference regulariser differentiated through ℓ
     (as GRPO adds it to its loss). Its normaliser is the likelihood's (GRPO: per-sequence mean)."""
 
     estimator: Literal["k1", "k2", "k3"] = "k3"
-    normaliser: TokenMean | SequenceMean = SequenceMean()
+    normaliser: Normaliser = SequenceMean()
 
     def __post_init__(self):
-        if self.estimator not in ("k1", "k2", "k3"):
+        if self.estimator not in KL_ESTIMATORS:
             raise ValueError(f"unknown KL estimator {self.estimator!r}; choose k1, k2 or k3")
 
     @property

@@ -1,4 +1,4 @@
-"""Gates: objectives that pick, per prompt, which of two objectives its rows train.
+"""Gates: an objective that picks, per prompt, which of two objectives its rows train.
 
 HPT (Lv et al. 2025, "Towards a Unified View of Large Language Model Post-Training", arXiv
 2509.04419) switches per question between SFT on a demonstration and RL on the model's own rollouts:
@@ -25,7 +25,8 @@ import torch
 from torch import Tensor
 
 from unigrad.batch import Batch
-from unigrad.estimator.core import Output
+from unigrad.estimator.advantages.group import group_sums
+from unigrad.estimator.protocols import Objective, Output
 
 
 @dataclass(frozen=True)
@@ -41,8 +42,8 @@ class Gate:
 
     threshold_field: str = "success_rate"
     gamma: float = 0.0
-    below: object = None
-    above: object = None
+    below: Objective | None = None
+    above: Objective | None = None
     success_threshold: float = 0.5
 
     def __post_init__(self):
@@ -59,12 +60,8 @@ class Gate:
             return batch.extra[self.threshold_field].detach().to(torch.float64)
         group = batch.require("group")
         rollout = ~batch.require("is_demo").bool()
-        _, inverse = torch.unique(group, return_inverse=True)
-        k = int(inverse.max()) + 1 if inverse.numel() else 0
         success = ((batch.require("reward").detach() > self.success_threshold) & rollout).to(torch.float64)
-        hits = torch.zeros(k, dtype=torch.float64, device=success.device).index_add_(0, inverse, success)
-        tries = torch.zeros(k, dtype=torch.float64, device=success.device).index_add_(0, inverse, rollout.to(torch.float64))
-        return (hits / tries.clamp(min=1))[inverse]
+        return group_sums(success, group) / group_sums(rollout.to(torch.float64), group).clamp(min=1)
 
     def route(self, batch: Batch) -> tuple[Tensor, Tensor]:
         """(below_rows, above_rows): [B] bool masks of the rows each objective trains."""

@@ -8,10 +8,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+
+class FDivergence(Protocol):
+    """f′(u) and u·f″(u), both as functions of log u."""
+
+    def fprime(self, log_u: Tensor) -> Tensor: ...
+
+    def u_fsecond(self, log_u: Tensor) -> Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -68,7 +77,7 @@ class Alpha:
 DIVERGENCES = {"reverse_kl": ReverseKL, "forward_kl": ForwardKL, "js": JensenShannon, "alpha": Alpha}
 
 
-def divergence(name: str, alpha: float = 0.5):
+def divergence(name: str, alpha: float = 0.5) -> FDivergence:
     """The f-divergence called ``name`` (one of DIVERGENCES)."""
     if name not in DIVERGENCES:
         raise ValueError(f"unknown divergence {name!r}; choose one of {sorted(DIVERGENCES)}")

@@ -1,52 +1,55 @@
-"""Advantage estimates Â: a detached weight per sequence ([B]) or per token ([B, T]).
+"""Preference advantages: pairwise losses ψ(s(y_w) − s(y_l)) of implied rewards s, as weights.
 
-Preference losses are advantages too: a pairwise loss ψ(s(y_w) − s(y_l)) of implied rewards s
-has gradient −ψ′(Δ)·(s′(y_w) ∇ℓ(y_w) − s′(y_l) ∇ℓ(y_l)), i.e. the likelihood gradient weighted by
+A pairwise loss ψ(s(y_w) − s(y_l)) has gradient −ψ′(Δ)·(s′(y_w) ∇ℓ(y_w) − s′(y_l) ∇ℓ(y_l)), i.e.
+the likelihood gradient weighted by
 
     Â(y) = −sign(y) · ψ′(Δ) · s′(y),      Δ = s(y_w) − s(y_l),
 
-(DPO's "weight on the gradient", Rafailov et al. 2023, §4). An advantage may also say what the
-canonical objective's value is (``objective``) and add metrics.
+(DPO's "weight on the gradient", Rafailov et al. 2023, §4). A score returns (s, s′) per row, a link
+ψ and ψ′ of the margin; ``PairwisePreference`` composes them. Pairs: rows sharing ``group``, the
+chosen one with sign +1, the rejected one with sign −1.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from unigrad.batch import Batch
-from unigrad.divergences import ReverseKL
-from unigrad.estimator.likelihoods import reduce_within
+from unigrad.estimator.normalisers import reduce_within
+from unigrad.estimator.protocols import Weighted
+from unigrad.objectives.divergences import FDivergence, ReverseKL
 
 
-@dataclass(frozen=True)
-class Constant:
-    """Â = value for every sequence (SFT: Â = 1)."""
+class Score(Protocol):
+    """An implied reward: (s(y), s′(y) = ds/dℓ) per row, both [B], detached."""
 
-    value: float = 1.0
-    requires: ClassVar[frozenset[str]] = frozenset()
+    @property
+    def requires(self) -> frozenset[str]: ...
 
-    def __call__(self, batch: Batch) -> Tensor:
-        return torch.full((batch.logp.shape[0],), float(self.value), dtype=batch.logp.dtype, device=batch.logp.device)
+    def __call__(self, batch: Batch) -> tuple[Tensor, Tensor]: ...
 
 
-@dataclass(frozen=True)
-class Chosen:
-    """Â = 1 on the chosen row of each pair (sign = +1), 0 on the rejected one: SFT on y_w (ORPO)."""
+class Link(Protocol):
+    """The pairwise loss ψ(Δ) of the reward margin and its derivative ψ′(Δ)."""
 
-    requires: ClassVar[frozenset[str]] = frozenset({"sign"})
+    def __call__(self, delta: Tensor) -> Tensor: ...
 
-    def __call__(self, batch: Batch) -> Tensor:
-        return (batch.require("sign") > 0).to(batch.logp.dtype)
+    def derivative(self, delta: Tensor) -> Tensor: ...
 
 
 # ---- implied rewards s(y) of the preference losses, with their slope s′ = ds/dℓ ----
 
 def _stat(batch: Batch, within: str) -> Tensor:
     return reduce_within(batch.logp.detach(), batch.mask.to(batch.logp.dtype), within)
+
+
+def _log_ratio(batch: Batch, within: str) -> Tensor:
+    """h(y) = ℓ(y) − ℓ_ref(y), reduced ``within`` each sequence, detached: [B]."""
+    return _stat(batch, within) - reduce_within(batch.require("logp_ref").detach(), batch.mask.to(batch.logp.dtype), within)
 
 
 @dataclass(frozen=True)
@@ -58,7 +61,7 @@ class ImpliedReward:
     requires: ClassVar[frozenset[str]] = frozenset({"logp_ref"})
 
     def __call__(self, batch: Batch) -> tuple[Tensor, Tensor]:
-        h = _stat(batch, self.within) - reduce_within(batch.require("logp_ref").detach(), batch.mask.to(batch.logp.dtype), self.within)
+        h = _log_ratio(batch, self.within)
         return self.beta * h, torch.full_like(h, self.beta)
 
 
@@ -68,12 +71,12 @@ class FDivergenceReward:
     s′ = β u f″(u). Reverse KL gives DPO up to a constant."""
 
     beta: float = 0.1
-    divergence: object = ReverseKL()
+    divergence: FDivergence = ReverseKL()
     within: ClassVar[str] = "sum"
     requires: ClassVar[frozenset[str]] = frozenset({"logp_ref"})
 
     def __call__(self, batch: Batch) -> tuple[Tensor, Tensor]:
-        h = _stat(batch, self.within) - reduce_within(batch.require("logp_ref").detach(), batch.mask.to(batch.logp.dtype), self.within)
+        h = _log_ratio(batch, self.within)
         return self.beta * self.divergence.fprime(h), self.beta * self.divergence.u_fsecond(h)
 
 
@@ -150,34 +153,49 @@ def pair_rows(group: Tensor, sign: Tensor) -> tuple[Tensor, Tensor]:
 
 @dataclass(frozen=True)
 class PairwisePreference:
-    """Â(y) = −sign(y) ψ′(Δ) s′(y) for the pairwise loss ψ(s(y_w) − s(y_l)), averaged over pairs."""
+    """Â(y) = −sign(y) ψ′(Δ) s′(y) for the pairwise loss ψ(s(y_w) − s(y_l)), averaged over pairs;
+    objective (1/N_pairs) Σ ψ(Δ)."""
 
-    score: object = ImpliedReward()
-    link: object = Logistic()
+    score: Score = ImpliedReward()
+    link: Link = Logistic()
 
     @property
     def requires(self) -> frozenset[str]:
         return frozenset({"group", "sign"}) | self.score.requires
 
-    def _margin(self, batch: Batch):
+    def __call__(self, batch: Batch) -> Weighted:
         s, slope = self.score(batch)
         chosen, rejected = pair_rows(batch.require("group"), batch.require("sign"))
-        return s, slope, chosen, rejected, s[chosen] - s[rejected]
-
-    def __call__(self, batch: Batch) -> Tensor:
-        s, slope, chosen, rejected, delta = self._margin(batch)
+        delta = s[chosen] - s[rejected]
         push = -self.link.derivative(delta)                     # −ψ′(Δ) per pair
         advantage = torch.zeros_like(s)
         advantage[chosen] = push * slope[chosen]
         advantage[rejected] = -push * slope[rejected]
-        return advantage
-
-    def objective(self, batch: Batch) -> Tensor:
-        *_, delta = self._margin(batch)
-        return self.link(delta).sum() / batch.groups_total
-
-    def metrics(self, batch: Batch) -> dict[str, float]:
-        s, _, chosen, rejected, delta = self._margin(batch)
         seq_logp = _stat(batch, "sum")
-        return {"reward_margin": float(delta.mean()), "reward_accuracy": float((delta > 0).double().mean()),
-                "logp_chosen": float(seq_logp[chosen].mean()), "logp_rejected": float(seq_logp[rejected].mean())}
+        metrics = {"reward_margin": float(delta.mean()), "reward_accuracy": float((delta > 0).double().mean()),
+                   "logp_chosen": float(seq_logp[chosen].mean()), "logp_rejected": float(seq_logp[rejected].mean())}
+        return Weighted(advantage, objective=self.link(delta).sum() / batch.groups_total, metrics=metrics)
+
+
+@dataclass(frozen=True)
+class AbsoluteLikelihood:
+    """ASFT (Wang et al. 2024, arXiv 2409.10571), per pair with p(y) = exp ℓ̄(y):
+
+        L = −log p(y_w) − λ [ log σ(log odds y_w) + log σ(−log odds y_l) ]
+          = −(1+λ) ℓ̄(y_w) − λ log(1 − p(y_l))
+
+    ⇒ Â(y_w) = 1 + λ,  Â(y_l) = −λ p(y_l)/(1 − p(y_l)) = −λ odds(y_l); sequence-mean likelihood,
+    averaged over pairs. Pointwise: no Bradley–Terry difference, no reference model."""
+
+    lam: float = 0.1
+    requires: ClassVar[frozenset[str]] = frozenset({"group", "sign"})
+
+    def __call__(self, batch: Batch) -> Weighted:
+        pair_rows(batch.require("group"), batch.require("sign"))       # checks the pairs
+        mean_logp = _stat(batch, "mean")
+        chosen = (batch.require("sign") > 0).to(batch.logp.dtype)
+        log1m_p = torch.log(-torch.expm1(mean_logp))                      # log(1 − p), exact
+        odds = torch.exp(mean_logp - log1m_p)
+        per_row = chosen * (-(1 + self.lam) * mean_logp) + (1 - chosen) * (-self.lam * log1m_p)
+        return Weighted(chosen * (1 + self.lam) - (1 - chosen) * self.lam * odds,
+                        objective=per_row.sum() / batch.groups_total)

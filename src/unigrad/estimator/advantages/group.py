@@ -11,20 +11,22 @@ rows sharing its prompt, n = |G(i)|, mean_G and std_G the mean and standard devi
     Reinforce          Â_i = R_i − b,  b = a constant or the batch mean   REINFORCE
     GlobalNormalised   Â = (A − mean_batch A) / std_batch A,  A = R (or R − mean_G R)   REINFORCE++
 
-All statistics are taken over the rows of the batch the part is given. Group statistics therefore
-need every rollout of a prompt in the same (micro-)batch, and ``GlobalNormalised`` needs the whole
-optimiser-step batch: a loop that splits a step into micro-batches must compute these advantages
-on the full step (they are detached data, not part of the gradient computation).
+Group and batch statistics need every rollout of a prompt, and ``GlobalNormalised`` the whole
+optimiser step: each weight is computed on ``batch.whole`` and this batch's rows of it are returned
+(they are detached data, not part of the gradient computation), so accumulated micro-batches give
+the step's update exactly. Metrics are this batch's. ``group_sums``/``group_mean``/``group_std`` are
+the one implementation of per-group statistics.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import Callable, ClassVar, Literal
 
 import torch
 from torch import Tensor
 
-from unigrad.batch import Batch, whole_step
+from unigrad.batch import Batch
+from unigrad.estimator.protocols import Weighted
 
 
 def group_index(group: Tensor) -> tuple[Tensor, Tensor]:
@@ -34,19 +36,27 @@ def group_index(group: Tensor) -> tuple[Tensor, Tensor]:
     return inverse, counts
 
 
+def _totals(values: Tensor, inverse: Tensor, counts: Tensor) -> Tensor:
+    return torch.zeros(counts.numel(), dtype=values.dtype, device=values.device).index_add_(0, inverse, values)
+
+
+def group_sums(values: Tensor, group: Tensor) -> Tensor:
+    """Σ_{j∈G(i)} values_j of each row's group, broadcast back to the rows: [B]."""
+    inverse, counts = group_index(group)
+    return _totals(values, inverse, counts)[inverse]
+
+
 def group_mean(values: Tensor, group: Tensor) -> Tensor:
     """mean_G(i) of ``values`` [B], broadcast back to the rows: [B]."""
     inverse, counts = group_index(group)
-    sums = torch.zeros(counts.numel(), dtype=values.dtype, device=values.device).index_add_(0, inverse, values)
-    return (sums / counts.to(values.dtype))[inverse]
+    return (_totals(values, inverse, counts) / counts.to(values.dtype))[inverse]
 
 
 def group_std(values: Tensor, group: Tensor, unbiased: bool = True) -> Tensor:
     """std_G(i) of ``values`` [B] per row: unbiased (divides by n − 1, like ``torch.std``) or biased
     (divides by n). A group of one row has std 0 (its centred reward is 0 anyway)."""
     inverse, counts = group_index(group)
-    centred = values - group_mean(values, group)
-    squares = torch.zeros(counts.numel(), dtype=values.dtype, device=values.device).index_add_(0, inverse, centred ** 2)
+    squares = _totals((values - group_mean(values, group)) ** 2, inverse, counts)
     dof = (counts - 1 if unbiased else counts).clamp(min=1).to(values.dtype)
     return torch.sqrt(squares / dof)[inverse]
 
@@ -58,9 +68,12 @@ def _reward(batch: Batch) -> Tensor:
     return reward.to(batch.logp.dtype)
 
 
-def _reward_metrics(batch: Batch) -> dict[str, float]:
+def _on_step(weight: Callable[[Batch], Tensor], batch: Batch, **metrics: float) -> Weighted:
+    """Â computed on the whole step, this batch's rows of it, with this batch's reward metrics."""
     reward = _reward(batch)
-    return {"reward_mean": float(reward.mean()), "reward_std": float(reward.std(unbiased=False))}
+    return Weighted(batch.from_whole(weight(batch.whole)),
+                    metrics={"reward_mean": float(reward.mean()), "reward_std": float(reward.std(unbiased=False)),
+                             **metrics})
 
 
 @dataclass(frozen=True)
@@ -77,15 +90,15 @@ class GroupNormalised:
     unbiased: bool = True
     requires: ClassVar[frozenset[str]] = frozenset({"reward", "group"})
 
-    @whole_step
-    def __call__(self, batch: Batch) -> Tensor:
-        reward, group = _reward(batch), batch.require("group")
+    def weight(self, step: Batch) -> Tensor:
+        reward, group = _reward(step), step.require("group")
         return (reward - group_mean(reward, group)) / (group_std(reward, group, self.unbiased) + self.eps)
 
-    def metrics(self, batch: Batch) -> dict[str, float]:
+    def __call__(self, batch: Batch) -> Weighted:
         reward, group = _reward(batch), batch.require("group")
         flat = group[group_std(reward, group) == 0]
-        return {**_reward_metrics(batch), "groups_zero_std": torch.unique(flat).numel() / torch.unique(group).numel()}
+        return _on_step(self.weight, batch,
+                        groups_zero_std=torch.unique(flat).numel() / torch.unique(group).numel())
 
 
 @dataclass(frozen=True)
@@ -95,13 +108,12 @@ class GroupCentred:
 
     requires: ClassVar[frozenset[str]] = frozenset({"reward", "group"})
 
-    @whole_step
-    def __call__(self, batch: Batch) -> Tensor:
-        reward = _reward(batch)
-        return reward - group_mean(reward, batch.require("group"))
+    def weight(self, step: Batch) -> Tensor:
+        reward = _reward(step)
+        return reward - group_mean(reward, step.require("group"))
 
-    def metrics(self, batch: Batch) -> dict[str, float]:
-        return _reward_metrics(batch)
+    def __call__(self, batch: Batch) -> Weighted:
+        return _on_step(self.weight, batch)
 
 
 @dataclass(frozen=True)
@@ -112,18 +124,16 @@ class LeaveOneOut:
 
     requires: ClassVar[frozenset[str]] = frozenset({"reward", "group"})
 
-    @whole_step
-    def __call__(self, batch: Batch) -> Tensor:
-        reward, group = _reward(batch), batch.require("group")
+    def weight(self, step: Batch) -> Tensor:
+        reward, group = _reward(step), step.require("group")
         inverse, counts = group_index(group)
         n = counts[inverse].to(reward.dtype)
         if torch.any(n < 2):
             raise ValueError("leave-one-out baseline: every prompt (`group`) needs at least 2 rollouts in the batch")
-        sums = torch.zeros(counts.numel(), dtype=reward.dtype, device=reward.device).index_add_(0, inverse, reward)[inverse]
-        return reward - (sums - reward) / (n - 1)
+        return reward - (group_sums(reward, group) - reward) / (n - 1)
 
-    def metrics(self, batch: Batch) -> dict[str, float]:
-        return _reward_metrics(batch)
+    def __call__(self, batch: Batch) -> Weighted:
+        return _on_step(self.weight, batch)
 
 
 @dataclass(frozen=True)
@@ -136,13 +146,12 @@ class Reinforce:
     batch_mean: bool = False
     requires: ClassVar[frozenset[str]] = frozenset({"reward"})
 
-    @whole_step
-    def __call__(self, batch: Batch) -> Tensor:
-        reward = _reward(batch)
+    def weight(self, step: Batch) -> Tensor:
+        reward = _reward(step)
         return reward - (reward.mean() if self.batch_mean else self.baseline)
 
-    def metrics(self, batch: Batch) -> dict[str, float]:
-        return _reward_metrics(batch)
+    def __call__(self, batch: Batch) -> Weighted:
+        return _on_step(self.weight, batch)
 
 
 @dataclass(frozen=True)
@@ -175,13 +184,12 @@ class GlobalNormalised:
     def requires(self) -> frozenset[str]:
         return frozenset({"reward", "group"}) if self.group_baseline else frozenset({"reward"})
 
-    @whole_step
-    def __call__(self, batch: Batch) -> Tensor:
-        advantage = _reward(batch)
+    def weight(self, step: Batch) -> Tensor:
+        advantage = _reward(step)
         if self.group_baseline:
-            advantage = advantage - group_mean(advantage, batch.require("group"))
+            advantage = advantage - group_mean(advantage, step.require("group"))
         if self.over == "token":
-            weight = batch.mask.to(advantage.dtype).sum(-1)
+            weight = step.mask.to(advantage.dtype).sum(-1)
         else:
             weight = torch.ones_like(advantage)
         total = weight.sum()
@@ -189,5 +197,5 @@ class GlobalNormalised:
         var = (weight * (advantage - mean) ** 2).sum() / total
         return (advantage - mean) / torch.sqrt(var.clamp(min=self.eps))
 
-    def metrics(self, batch: Batch) -> dict[str, float]:
-        return _reward_metrics(batch)
+    def __call__(self, batch: Batch) -> Weighted:
+        return _on_step(self.weight, batch)

@@ -1,0 +1,23 @@
+"""What every gradient estimator takes and returns."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Protocol, runtime_checkable
+
+from torch import Tensor
+
+
+@dataclass
+class StepSums:
+    """What a step's micro-batches add up to on this process."""
+    surrogate: float = 0.0          # Σ surrogate losses (its gradient is the method's)
+    objective: float = 0.0          # Σ canonical objective values
+    tokens: int = 0                 # sequence tokens forwarded
+    metrics: dict = field(default_factory=dict)   # mean over micro-batches
+
+
+@runtime_checkable
+class GradientEstimator(Protocol):
+    def __call__(self, micro_batches: list[Callable[[], tuple[object, int]]],
+                 backward: Callable[[Tensor], None]) -> StepSums:
+        """``micro_batches[i]()`` -> (Output, tokens) of micro-batch i; ``backward(loss)`` the layout's backward."""

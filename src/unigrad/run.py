@@ -1,0 +1,222 @@
+"""Run assembly: everything a training run holds, built from its config.
+
+``assemble(config)`` loads the policy and its tokenizer, the data, LoRA (and FILA's initialisation),
+the frozen model roles (reference, teacher), the reward and the sampler, chooses the parallel layout,
+and picks the experience producer, the log-prob producer, the gradient estimator and the update rule.
+What the objective ``requires`` is checked against what those producers provide before anything
+expensive runs. The loop (``train.py``) then only calls protocols.
+"""
+from __future__ import annotations
+
+import logging
+import random
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from unigrad.config import ConfigError, RunConfig
+from unigrad.data import formats, load_dataset_sequences
+from unigrad.data.prompts import load_prompt_splits
+from unigrad.data.sources import resolve_data_path
+from unigrad.evaluate import evaluate_greedy, evaluate_objective
+from unigrad.experience import DatasetSource, OnPolicySamples, RolloutSource, Split, demonstration_rows
+from unigrad.gradients import estimator
+from unigrad.logprobs.producers import BestOtherToken, TeacherSupport, TokenLogprobs, choose_producer
+from unigrad.methods.compose import build_objective
+from unigrad.models import load_model
+from unigrad.optim import check_in_backward, make_optimizer
+from unigrad.parallel import choose_layout, processes
+from unigrad.reference import Reference
+from unigrad.roles import INITIAL_POLICY, Role, load_role
+from unigrad.updates import update_rule
+
+log = logging.getLogger("unigrad")
+
+# What to do when an objective needs a field nothing in the run provides.
+HINTS = {
+    "reward": "online methods need data.format: prompts",
+    "logp_old": "online methods need data.format: prompts",
+    "is_demo": "mixing SFT into RL needs data.format: prompts with demonstrations",
+    "sign": "this objective compares chosen and rejected (or forget and retain) rows; use data.format: pairs or forget",
+    "teacher_logp_topk": "this method distils a teacher; give the teacher model in teacher.name (like model.name)",
+}
+
+
+@dataclass
+class Run:
+    config: RunConfig
+    procs: object                 # the processes (rank, world, collectives)
+    device: torch.device
+    layout: object                # how the processes hold the models (parallel.Layout)
+    model: object                 # the policy: the trainable role
+    tokenizer: object
+    engine: object                # the layout's call of the policy (training forward)
+    optimizer: object
+    params: list
+    objective: object
+    logprobs: object              # the log-prob producer (logprobs.LogProbProducer)
+    reference: Reference | None
+    experience: object            # the experience producer (experience.ExperienceProducer)
+    held_out: Callable[[Callable], dict]   # held-out metrics, given the step's loss function
+    gradients: object             # gradients.GradientEstimator
+    update: object                # updates.UpdateRule
+    out_dir: Path
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def model_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, name)
+
+
+def check_requirements(objective, provided: frozenset[str], config: RunConfig) -> None:
+    """Every Batch field ``objective`` reads is provided by the run's producers, or a clear error."""
+    missing = objective.requires - provided - {"logp", "mask"}
+    if missing:
+        hints = sorted({HINTS[name] for name in missing if name in HINTS})
+        raise ConfigError(f"method: this objective needs batch field(s) {', '.join(sorted(missing))}, which "
+                          f"data.format={config.data.format!r} cannot provide" + "".join(f"; {h}" for h in hints))
+
+
+def build_sampler(config: RunConfig, model, tokenizer, procs):
+    if config.rollout.sampler == "vllm":
+        from unigrad.rollout.vllm import VLLMSampler
+        sampler = VLLMSampler(model, tokenizer)
+    else:
+        from unigrad.rollout.hf import HFSampler
+        sampler = HFSampler(model, tokenizer, max_batch_size=config.rollout.max_batch_size)
+    if procs.world > 1:
+        from unigrad.rollout.sharded import ShardedSampler
+        return ShardedSampler(sampler, procs)
+    return sampler
+
+
+def _load_reward(config: RunConfig):
+    from unigrad.rewards import load_reward
+    try:
+        return load_reward(config.reward.function)
+    except (ValueError, ImportError, AttributeError) as error:
+        raise ConfigError(f"reward.function: {error}") from None
+
+
+def _load_split(config: RunConfig, tokenizer, path: str | None, name: str) -> Split | None:
+    if not path:
+        return None
+    return Split.of(name, load_dataset_sequences(resolve_data_path(path, config.source), config.data.format, tokenizer,
+                                                 config.data.max_length, config.data.truncation, limit=config.data.limit))
+
+
+def _apply_lora(model, config: RunConfig, train_split: Split | None, pad_id: int):
+    from peft import LoraConfig, get_peft_model
+    lora = config.model.lora
+    with warnings.catch_warnings():   # peft's own use of a deprecated transformers name; nothing a user can change
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        model = get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                                 target_modules=lora.target_modules, task_type="CAUSAL_LM"))
+    if lora.init == "fila":
+        if config.data.format != "forget":
+            raise ConfigError("model.lora.init: fila weighs forget against retain data; set data.format: forget")
+        from unigrad.fila import fila_init
+        sequences = train_split.sequences
+        fila_init(model, [s for s in sequences if s.sign < 0], [s for s in sequences if s.sign > 0], pad_id,
+                  chunk_size=config.train.chunk_size)
+    return model
+
+
+def assemble(config: RunConfig) -> Run:
+    t, d, online = config.train, config.data, config.data.format == "prompts"
+    procs = processes()
+    device = torch.device(f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu")
+    dtype = model_dtype(config.model.dtype, device)
+    layout = choose_layout(config, procs, dtype)
+    if t.batch_size % (procs.world * t.grad_accum):
+        raise ConfigError(f"train.batch_size ({t.batch_size}) must be a multiple of processes × train.grad_accum "
+                          f"({procs.world} × {t.grad_accum})")
+    check_in_backward(t, procs.world)
+    out_dir = Path(config.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if t.threads:
+        torch.set_num_threads(t.threads)
+    objective = build_objective(config.method)
+    seed_everything(t.seed)
+    model, tokenizer = load_model(config.model.name, dtype=dtype, device=device,
+                                  trust_remote_code=config.model.trust_remote_code)
+    pad_id = tokenizer.pad_token_id
+
+    # ---- what the run can provide, checked against what the objective requires; then the data
+    reward_fn, demonstrations, train_split, eval_split = (_load_reward(config) if online else None), None, None, None
+    if online:
+        train_prompts, eval_prompts = load_prompt_splits(config, tokenizer, lambda p: resolve_data_path(p, config.source))
+        if "is_demo" in objective.requires:
+            demonstrations = demonstration_rows(train_prompts, tokenizer, d.max_length)
+        provided = RolloutSource.fields(demonstrations is not None)
+    else:
+        provided = formats.provides(d.format)
+    candidates = [TokenLogprobs(t.chunk_size, pad_id, t.share_prompts, layout.agree), BestOtherToken(t.chunk_size)]
+    if config.teacher.name:
+        candidates.append(TeacherSupport(None, config.teacher.k, t.chunk_size, config.teacher.temperature))
+    with_reference = "logp_ref" in objective.requires or t.track_kl
+    check_requirements(objective, provided | frozenset().union(*(c.provides for c in candidates)) | {"logp_ref"}, config)
+    if d.on_policy_fraction and with_reference and config.reference.precompute:
+        raise ConfigError("data.on_policy_fraction: on-policy samples need reference log-probs per batch; "
+                          "set reference.precompute: false")
+    if not online:
+        train_split, eval_split = _load_split(config, tokenizer, d.train, "train"), _load_split(config, tokenizer, d.eval, "eval")
+    n_units = len(train_prompts) if online else len(train_split.units)
+    if n_units < t.batch_size:
+        raise ConfigError(f"train.batch_size={t.batch_size} is larger than the training set ({n_units} examples)")
+
+    # ---- models: the policy (trainable) and the frozen roles
+    if config.model.lora:
+        model = _apply_lora(model, config, train_split, pad_id)
+    procs.broadcast_parameters(model)
+    reference = None
+    if with_reference:
+        splits = [] if online else [s for s in (train_split, eval_split) if s]
+        if splits and config.reference.precompute:
+            reference = Reference.precomputed(model, splits, out_dir / "reference_logps.safetensors", config.model.name,
+                                              pad_id, d.packed, t.chunk_size, t.eval_batch_size * 2, write=procs.main)
+        else:
+            reference = Reference(load_role(Role("reference", INITIAL_POLICY), model, layout, device, dtype), None,
+                                  t.chunk_size)
+    if config.teacher.name:
+        teacher = load_role(Role("teacher", config.teacher.name, prepared=False), model, layout, device, dtype,
+                            config.model.trust_remote_code)
+        candidates[-1] = TeacherSupport(teacher, config.teacher.k, t.chunk_size, config.teacher.temperature)
+    sampling = layout.sampling_model(model) if online else model   # taken before the policy is sharded
+    engine, optimizer = layout.train_engine(model, lambda trainable: make_optimizer(trainable, t))
+
+    # ---- producers
+    if online:
+        sampler = build_sampler(config, sampling, tokenizer, procs)
+
+        def sync() -> None:
+            layout.sync_sampling_model(model, sampling)
+            sampler.update_weights(sampling)
+        source = RolloutSource(train_prompts, sampler, reward_fn, config.rollout, config.reward.fallback, tokenizer,
+                               t.batch_size, demonstrations, t.seed, config.reward.overlong_cache, sync)
+
+        def held_out(loss_of) -> dict:
+            return evaluate_greedy(sampling, tokenizer, eval_prompts, reward_fn, config.rollout) if eval_prompts else {}
+    else:
+        source = DatasetSource(train_split, t.batch_size, provided, t.seed)
+        if d.on_policy_fraction:
+            source = OnPolicySamples(source, build_sampler(config, model, tokenizer, procs), config.rollout,
+                                     d.on_policy_fraction, t.seed)
+
+        def held_out(loss_of) -> dict:
+            return evaluate_objective(loss_of, model, eval_split, t.eval_batch_size, device) if eval_split else {}
+    return Run(config, procs, device, layout, model, tokenizer, engine, optimizer,
+               [p for p in model.parameters() if p.requires_grad], objective,
+               choose_producer(objective.requires, candidates), reference, source, held_out,
+               estimator(t.gradient_estimator), update_rule(t.update_rule), out_dir)
