@@ -8,11 +8,14 @@
       state.json              step, RNG states, config
 
 A checkpoint is written into a temporary sibling folder and renamed into place, so a run killed
-mid-write leaves the previous checkpoint intact.
+mid-write leaves the previous checkpoint intact; a write that fails (disk full, permissions) removes
+its temporary folder and stops with a clear error. Resuming reads the newest checkpoint whole before
+touching the model, and falls back to the previous one when its files are incomplete or corrupt.
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import re
@@ -21,10 +24,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from unigrad.guards import RunError
 from unigrad.models import is_peft, save_model
 from unigrad.parallel import Processes, Replicated
+
+log = logging.getLogger("unigrad")
+
+
+class CheckpointError(RunError):
+    """A checkpoint could not be written."""
 
 _STEP = re.compile(r"^step-(\d+)$")
 
@@ -66,14 +77,39 @@ def _set_rng_state(state: dict, torch_state: torch.Tensor) -> None:
 
 
 def save_checkpoint(root: Path, step: int, model, tokenizer, optimizer_state: dict, config: dict, keep: int,
-                    weights: dict | None = None) -> Path:
+                    weights: dict | None = None, data: str | None = None) -> Path:
     """Write checkpoint ``step`` of ``model`` (or of ``weights``, full tensors by name, when the model is
-    sharded over processes) with the optimiser's ``state_dict()``-layout state; keep the last ``keep``."""
-    root.mkdir(parents=True, exist_ok=True)
+    sharded over processes) with the optimiser's ``state_dict()``-layout state, the config and the data's
+    fingerprint it was trained under; keep the last ``keep``."""
     final = root / f"step-{step:06d}"
     tmp = root / f".tmp-step-{step:06d}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        _write(tmp, step, model, tokenizer, optimizer_state, config, weights, data)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except OSError as error:
+        shutil.rmtree(tmp, ignore_errors=True)
+        previous = list_checkpoints(root)
+        raise CheckpointError(f"could not write checkpoint {final} ({error.strerror or error}); "
+                              + (f"the previous checkpoint {previous[-1]} is intact" if previous else
+                                 "no earlier checkpoint exists") + ". Free disk space or fix the folder's "
+                              "permissions, then run again with --resume") from None
+    for old in list_checkpoints(root)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def remove_partial_writes(root: Path) -> None:
+    """Temporary folders left by a run killed while writing a checkpoint."""
+    for tmp in root.glob(".tmp-step-*") if root.is_dir() else ():
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _write(tmp: Path, step: int, model, tokenizer, optimizer_state: dict, config: dict, weights, data) -> None:
     save_model(model, tokenizer, tmp / "model", weights)
     if not all(p.requires_grad for p in model.parameters()) or is_peft(model):
         trainable = {name: p.detach().contiguous().cpu() for name, p in model.named_parameters() if p.requires_grad}
@@ -82,13 +118,8 @@ def save_checkpoint(root: Path, step: int, model, tokenizer, optimizer_state: di
     tensors["__torch_rng__"] = torch.get_rng_state()
     save_file(tensors, str(tmp / "optimizer.safetensors"))
     (tmp / "optimizer.json").write_text(json.dumps(meta))
-    (tmp / "state.json").write_text(json.dumps({"step": step, "rng": _rng_state(), "config": config}, indent=1))
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    for old in list_checkpoints(root)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
+    (tmp / "state.json").write_text(json.dumps({"step": step, "rng": _rng_state(), "config": config, "data": data},
+                                               indent=1))
 
 
 def list_checkpoints(root: Path) -> list[Path]:
@@ -109,15 +140,41 @@ def checkpoint_weights(folder: Path) -> dict:
     return tensors
 
 
+def read_state(folder: Path) -> dict:
+    """A checkpoint's ``state.json``: its step, RNG states, config and data fingerprint."""
+    return json.loads((folder / "state.json").read_text())
+
+
 def load_checkpoint(folder: Path, model, optimizer, layout=None) -> int:
     """Restore parameters, optimiser and RNG state from ``folder``; returns its step. ``layout``: how the
-    processes hold the model (a ``parallel.Layout``; default: whole in this process)."""
+    processes hold the model (a ``parallel.Layout``; default: whole in this process). Every file is
+    read before anything is restored, so a checkpoint that cannot be read leaves the model as it was."""
+    state = read_state(folder)
     trainable = checkpoint_weights(folder)
+    optimizer_state = _read_optimizer_state(folder)
+    torch_rng = load_file(str(folder / "optimizer.safetensors"))["__torch_rng__"]
     params = dict(model.named_parameters())
     missing = [name for name, p in params.items() if p.requires_grad and name not in trainable]
     if missing:
         raise ValueError(f"checkpoint {folder} does not match this model (missing {missing[:3]}...)")
-    (layout or Replicated(Processes())).load_full_state(model, optimizer, trainable, _read_optimizer_state(folder))
-    state = json.loads((folder / "state.json").read_text())
-    _set_rng_state(state["rng"], load_file(str(folder / "optimizer.safetensors"))["__torch_rng__"])
+    (layout or Replicated(Processes())).load_full_state(model, optimizer, trainable, optimizer_state)
+    _set_rng_state(state["rng"], torch_rng)
     return int(state["step"])
+
+
+def load_latest(root: Path, model, optimizer, layout, check=lambda state, folder: None) -> int:
+    """Resume from the newest readable checkpoint under ``root`` (``check(state, folder)`` may refuse
+    it); one whose files are incomplete or corrupt is skipped for the one before, with a message.
+    Returns the step resumed from (0: none)."""
+    for folder in reversed(list_checkpoints(root)):
+        try:
+            check(read_state(folder), folder)
+            step = load_checkpoint(folder, model, optimizer, layout)
+        except (OSError, ValueError, KeyError, SafetensorError) as error:
+            log.warning("checkpoint %s is incomplete or corrupt (%s: %s): trying the one before", folder,
+                        type(error).__name__, error)
+            continue
+        log.info("resumed from %s", folder)
+        return step
+    log.info("no readable checkpoint in %s: starting from step 0", root)
+    return 0

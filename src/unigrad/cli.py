@@ -1,22 +1,26 @@
 """The command line: ``unigrad train CONFIG [key=value ...]``, ``unigrad methods``.
 
-Errors a user can fix (config, data, model) print one paragraph and exit 2; ``--debug`` shows
-the traceback instead.
+Errors a user can fix (config, data, model, a diverging run, a refused resume) print one paragraph
+and exit 2; ``--debug`` shows the traceback instead. A run stopped by SIGTERM or SIGINT writes a
+checkpoint and exits with 128 + the signal's number (143, 130); ``--resume`` continues it.
 """
 from __future__ import annotations
 
 import argparse
 import logging
 import os
+import signal
 import sys
 from importlib import resources
 
 from unigrad.config import ConfigError, load_config
 from unigrad.data import DataError
+from unigrad.guards import Preempted, RunError
 from unigrad.methods.compose import MethodSpecError
 from unigrad.models import ModelError
+from unigrad.versions import DependencyError, check
 
-USER_ERRORS = (ConfigError, DataError, ModelError, MethodSpecError, FileNotFoundError)
+USER_ERRORS = (ConfigError, DataError, ModelError, MethodSpecError, RunError, DependencyError, FileNotFoundError)
 QUICK_START = "quickstart.yaml"
 
 
@@ -28,8 +32,10 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("config", nargs="?", help="YAML config; key=value arguments override it")
     train.add_argument("overrides", nargs="*", help="overrides such as train.steps=20 method.beta=0.2")
     train.add_argument("--resume", action="store_true", help="continue from the last checkpoint in output_dir")
+    train.add_argument("--force", action="store_true",
+                       help="with --resume: continue even where the config or data changed since the checkpoint")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
-    train.add_argument("--nproc", type=int, default=1, help="data-parallel processes on this machine (torchrun)")
+    train.add_argument("--nproc", type=int, default=1, help="data-parallel processes on this machine")
     train.add_argument("--debug", action="store_true", help="show tracebacks")
     commands.add_parser("methods", help="list every method with its four parts")
     _add_eval_parser(commands)
@@ -44,9 +50,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _relaunch(args, argv: list[str]) -> int:
-    """``unigrad train --nproc P ...`` = ``torchrun --nproc_per_node P -m unigrad train ...``."""
+    """``unigrad train --nproc P ...``: P processes of ``unigrad train ...`` on this machine, with the
+    environment torchrun would give them (RANK, LOCAL_RANK, WORLD_SIZE, a free local rendezvous port).
+    Returns the processes' exit code (a user error: 2, stopped by a signal: 128 + its number); when one
+    fails, the others are stopped after a grace period instead of waiting in a collective forever."""
     import socket
     import subprocess
+    import time
     with socket.socket() as probe:  # a free local port for the rendezvous
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -60,9 +70,34 @@ def _relaunch(args, argv: list[str]) -> int:
             continue
         if not item.startswith("--nproc="):
             rest.append(item)
-    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={args.nproc}",
-               "--master_addr=127.0.0.1", f"--master_port={port}", "-m", "unigrad", *rest]
-    return subprocess.call(command, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
+    base = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "WORLD_SIZE": str(args.nproc),
+            "LOCAL_WORLD_SIZE": str(args.nproc), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    children = [subprocess.Popen([sys.executable, "-m", "unigrad", *rest],
+                                 env={**base, "RANK": str(rank), "LOCAL_RANK": str(rank)}) for rank in range(args.nproc)]
+    received = []
+
+    def forward(signum, frame):   # the processes checkpoint and stop; this one waits for them
+        received.append(signum)
+        for child in children:
+            child.send_signal(signum)
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        failed_at = None
+        while any(child.poll() is None for child in children):
+            if failed_at is None and any(child.poll() not in (None, 0) for child in children):
+                failed_at = time.monotonic()
+            if failed_at is not None and time.monotonic() - failed_at > 10:
+                for child in children:
+                    if child.poll() is None:
+                        child.kill()
+            time.sleep(0.05)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    codes = [child.returncode for child in children]
+    if received:
+        return 128 + received[0]
+    return next((code for code in codes if code > 0), next((1 for code in codes if code), 0))
 
 
 def _train(args) -> int:
@@ -75,7 +110,7 @@ def _train(args) -> int:
         text = resources.files("unigrad").joinpath("resources", QUICK_START).read_text()
         print(f"unigrad: no config given, running the bundled quick start ({QUICK_START})", file=sys.stderr)
     config = load_config(config_path, overrides, text=text)
-    summary = train(config, resume=args.resume, progress=not args.no_progress)
+    summary = train(config, resume=args.resume, progress=not args.no_progress, force=args.force)
     if os.environ.get("RANK", "0") != "0":
         return 0
     for key in ("eval/accuracy", "eval/reward_margin", "eval/objective"):
@@ -208,11 +243,16 @@ def main(argv: list[str] | None = None) -> int:
         return _relaunch(args, list(sys.argv[1:] if argv is None else argv))
     handler = {"train": _train, "methods": _methods, "eval": _eval, "report": _report}.get(args.command) or args.handler
     try:
+        check()     # an installed dependency older than unigrad needs: say which, before it fails obscurely
         return handler(args)
+    except Preempted as stop:
+        print(f"unigrad: {stop}", file=sys.stderr)
+        return stop.exit_code
     except USER_ERRORS as error:
         if args.debug:
             raise
-        print(f"unigrad: error: {error}", file=sys.stderr)
+        rank = os.environ.get("RANK", "0")
+        print(f"unigrad: {'' if rank == '0' else f'process {rank}: '}error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("unigrad: interrupted", file=sys.stderr)

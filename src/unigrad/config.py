@@ -111,6 +111,7 @@ class TrainConfig:
     warmup_steps: int = 0
     min_lr_ratio: float = 0.0
     max_grad_norm: Union[float, None] = 1.0
+    max_nonfinite_steps: int = 3             # non-finite steps skipped in a row before the run stops
     optimizer_in_backward: bool = False      # update each parameter inside backward, free its gradient (memory)
     seed: int = 0
     chunk_size: int = 1024                   # tokens per log-softmax chunk (memory)
@@ -224,7 +225,8 @@ def _positive(where: str, value, allow_zero=False):
 
 def validate(config: RunConfig) -> RunConfig:
     t = config.train
-    for name in ("steps", "batch_size", "grad_accum", "chunk_size", "eval_batch_size", "log_every", "keep_checkpoints"):
+    for name in ("steps", "batch_size", "grad_accum", "chunk_size", "eval_batch_size", "log_every", "keep_checkpoints",
+                 "max_nonfinite_steps"):
         _positive(f"train.{name}", getattr(t, name))
     for name in ("eval_every", "save_every", "warmup_steps", "weight_decay"):
         _positive(f"train.{name}", getattr(t, name), allow_zero=True)

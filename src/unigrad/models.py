@@ -9,8 +9,12 @@
   loads read the cache.
 - ``"tiny-random"``: a tiny randomly initialised Llama over a byte-level tokenizer, built without any
   download; for tests and smoke runs.
-- a local folder holding a transformers model.
+- a local folder holding a transformers model, with safetensors weights: pickle weights
+  (``pytorch_model.bin``, ``*.pt``) are refused, since loading a pickle file can run any code in it.
 - otherwise a Hugging Face Hub id (needs network access).
+
+A tokenizer without an EOS token is refused (completions could not end, generation could not stop);
+one without a pad token pads with EOS, saying so in the log.
 
 ``save_model(model, tokenizer, folder)`` writes a folder that ``AutoModelForCausalLM.from_pretrained``
 loads; a peft model is saved with its adapters merged into full weights.
@@ -20,6 +24,7 @@ from __future__ import annotations
 import copy
 import glob
 import importlib.util
+import logging
 import os
 import shutil
 import tempfile
@@ -37,6 +42,10 @@ CHATML_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 _TINY_SPECIALS = ["<|im_start|>", "<|im_end|>", "<pad>", "<bos>"]
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt",
+                   "spiece.model", "sentencepiece.bpe.model")
+log = logging.getLogger("unigrad.models")
 
 
 class ModelError(ValueError):
@@ -80,12 +89,21 @@ def _atomic_write_folder(folder: str | os.PathLike, write) -> Path:
 
 # ------------------------------------------------------------------------------------ tokenizers
 
-def _finish_tokenizer(tokenizer):
-    """Make sure the tokenizer has an eos token, a pad token and a chat template."""
-    if tokenizer.eos_token is None:
+def _finish_tokenizer(tokenizer, source: str = "the model"):
+    """Make sure the tokenizer has an eos token, a pad token and a chat template.
+
+    No EOS (and no ChatML ``<|im_end|>`` to use as one) is a ModelError naming ``source``; no pad
+    token pads with EOS (logged), which is safe because padded positions are masked out.
+    """
+    if tokenizer.eos_token is None or tokenizer.eos_token_id is None:
         if "<|im_end|>" in tokenizer.get_vocab():
             tokenizer.eos_token = "<|im_end|>"
-    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+    if tokenizer.eos_token is None or tokenizer.eos_token_id is None:
+        raise ModelError(f"{source}: the tokenizer has no EOS token, so completions could not end and generation "
+                         f"could not stop; set \"eos_token\" in the folder's tokenizer_config.json to the token that "
+                         f"ends an answer (or load the tokenizer, set tokenizer.eos_token and save it there)")
+    if tokenizer.pad_token is None or tokenizer.pad_token_id is None:
+        log.info("%s: the tokenizer has no pad token; padding with its EOS token %r", source, tokenizer.eos_token)
         tokenizer.pad_token = tokenizer.eos_token
     if not getattr(tokenizer, "chat_template", None) and "<|im_start|>" in tokenizer.get_vocab():
         tokenizer.chat_template = CHATML_TEMPLATE
@@ -229,7 +247,7 @@ def _convert_embedded(folder: Path) -> Path:
     if getattr(model.config, "quantization_config", None) is not None:
         del model.config.quantization_config
     model = model.to(torch.float32)
-    _finish_tokenizer(tokenizer)
+    _finish_tokenizer(tokenizer, str(gguf))
     _sync_special_ids(model, tokenizer)
 
     def write(tmp: Path) -> None:
@@ -260,6 +278,48 @@ def _load_folder(folder: str | os.PathLike, dtype, trust_remote_code: bool, **kw
     return model, tokenizer
 
 
+def check_model_folder(folder: str) -> None:
+    """ModelError, saying what to do, for a local folder that cannot hold a loadable model: no config,
+    pickle-only weights (refused: unpickling runs code), no weights or no tokenizer."""
+    files = set(os.listdir(folder))
+    if "config.json" not in files and "adapter_config.json" not in files:
+        gguf = sorted(f for f in files if f.endswith(".gguf"))
+        hint = (f"; it holds {gguf[0]}: convert it with transformers (from_pretrained(folder, gguf_file=...)"
+                f".save_pretrained(folder))" if gguf else "; save one with model.save_pretrained(folder)")
+        raise ModelError(f"{folder}: no config.json, so not a transformers model folder{hint}")
+    if any(f.endswith(".safetensors") for f in files) or "adapter_config.json" in files:
+        _check_tokenizer_files(folder, files)
+        return
+    pickles = sorted(f for f in files if f.endswith(PICKLE_SUFFIXES))
+    if pickles:
+        raise ModelError(
+            f"{folder}: the weights are pickle files only ({', '.join(pickles)}); unigrad loads safetensors only, "
+            f"because loading a pickle file runs whatever code it holds. If you trust the file, convert it once: "
+            f"python -c \"from transformers import AutoModelForCausalLM as M; "
+            f"M.from_pretrained('{folder}', use_safetensors=False).save_pretrained('{folder}', safe_serialization=True)\"")
+    raise ModelError(f"{folder}: no weights (*.safetensors); save them with model.save_pretrained(folder)")
+
+
+def _check_tokenizer_files(folder: str, files: set[str]) -> None:
+    if not files.intersection(TOKENIZER_FILES) and not any(f.endswith(".model") for f in files):
+        raise ModelError(f"{folder}: no tokenizer files (tokenizer.json, tokenizer_config.json, ...); "
+                         f"save the model's tokenizer there with tokenizer.save_pretrained(folder)")
+
+
+def _load_local(folder: str, dtype, trust_remote_code: bool):
+    """``_load_folder`` for a local folder, checked first; what transformers raises about the folder's
+    files (OSError, ValueError, a corrupt safetensors file) becomes a ModelError naming it."""
+    from safetensors import SafetensorError
+
+    check_model_folder(folder)
+    try:
+        return _load_folder(folder, dtype, trust_remote_code)
+    except (OSError, ValueError, SafetensorError, UnicodeDecodeError) as e:
+        detail = " ".join(str(e).split())
+        raise ModelError(f"{folder}: cannot load the model folder ({type(e).__name__}: {detail}); check that its files "
+                         f"are complete (config.json, *.safetensors, tokenizer files) as save_pretrained writes them") from None
+
+
 def load_model(name: str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
                trust_remote_code: bool = False):
     """Load ``(model, tokenizer)`` by name (see the module docstring); the model is in eval mode.
@@ -277,7 +337,7 @@ def load_model(name: str, dtype: torch.dtype = torch.float32, device: str | torc
             _convert_embedded(folder)
         model, tokenizer = _load_folder(folder, dtype, False)
     elif os.path.isdir(os.path.expanduser(str(name))):
-        model, tokenizer = _load_folder(os.path.expanduser(str(name)), dtype, trust_remote_code)
+        model, tokenizer = _load_local(os.path.expanduser(str(name)), dtype, trust_remote_code)
     elif str(name).startswith((".", "/", "~")) or os.path.exists(os.path.expanduser(str(name))):
         raise ModelError(f"model {name!r}: no model folder there (a local path must be a folder holding "
                          f"config.json and safetensors weights)")
@@ -290,7 +350,7 @@ def load_model(name: str, dtype: torch.dtype = torch.float32, device: str | torc
                 f"(it is not a folder, not one of {EMBEDDED_MODEL!r} / {TINY_RANDOM!r}, and loading it "
                 f"from the Hub failed: {type(e).__name__}: {e})"
             ) from e
-    _finish_tokenizer(tokenizer)
+    _finish_tokenizer(tokenizer, str(name))
     _sync_special_ids(model, tokenizer)
     model.to(device)
     model.eval()

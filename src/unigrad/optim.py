@@ -130,13 +130,16 @@ class StepInBackward:
                                        "param_groups": [{**group, "params": [0]}]})
 
 
-def apply_update(optimizer, params: list, max_grad_norm: float | None) -> float:
-    """Finish the step's update after backward; returns the gradient norm (before clipping)."""
+def apply_update(optimizer, params: list, max_grad_norm: float | None, skip: bool = False) -> float:
+    """Finish the step's update after backward; returns the gradient norm (before clipping). With
+    ``skip`` (a non-finite loss), or when the norm is not finite, the gradients are dropped and the
+    weights and optimiser state stay as they are."""
     if isinstance(optimizer, StepInBackward):
         return optimizer.grad_norm()           # already updated inside backward
     norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm else float("inf"))
     if hasattr(norm, "full_tensor"):          # parameters sharded over processes (FSDP): a DTensor
         norm = norm.full_tensor()
-    optimizer.step()
+    if not skip and bool(torch.isfinite(norm)):
+        optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return float(norm)

@@ -25,6 +25,7 @@ from unigrad.data.sources import resolve_data_path
 from unigrad.evaluate import evaluate_greedy, evaluate_objective
 from unigrad.experience import DatasetSource, OnPolicySamples, RolloutSource, Split, demonstration_rows
 from unigrad.gradients import estimator
+from unigrad.guards import NonFiniteGuard, fingerprint
 from unigrad.logprobs.producers import BestOtherToken, TeacherSupport, TokenLogprobs, choose_producer
 from unigrad.methods.compose import build_objective
 from unigrad.models import load_model
@@ -65,6 +66,8 @@ class Run:
     gradients: object             # gradients.GradientEstimator
     update: object                # updates.UpdateRule
     out_dir: Path
+    guard: NonFiniteGuard         # skips non-finite steps, stops a diverging run
+    fingerprint: str              # of the training data, recorded in checkpoints (the resume check)
 
 
 def seed_everything(seed: int) -> None:
@@ -143,11 +146,11 @@ def assemble(config: RunConfig) -> Run:
         raise ConfigError(f"train.batch_size ({t.batch_size}) must be a multiple of processes × train.grad_accum "
                           f"({procs.world} × {t.grad_accum})")
     check_in_backward(t, procs.world)
+    objective = build_objective(config.method)
     out_dir = Path(config.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if t.threads:
         torch.set_num_threads(t.threads)
-    objective = build_objective(config.method)
     seed_everything(t.seed)
     model, tokenizer = load_model(config.model.name, dtype=dtype, device=device,
                                   trust_remote_code=config.model.trust_remote_code)
@@ -216,7 +219,11 @@ def assemble(config: RunConfig) -> Run:
 
         def held_out(loss_of) -> dict:
             return evaluate_objective(loss_of, model, eval_split, t.eval_batch_size, device) if eval_split else {}
+    skips = layout.skips_updates and not t.optimizer_in_backward   # else a non-finite step cannot be undone
+    data = ([(e.prompt_ids, e.answer, e.demonstration) for e in train_prompts] if online else
+            [(s.prompt_ids, s.completion_ids, s.group, s.sign, s.meta.get("fields")) for s in train_split.sequences])
     return Run(config, procs, device, layout, model, tokenizer, engine, optimizer,
                [p for p in model.parameters() if p.requires_grad], objective,
                choose_producer(objective.requires, candidates), reference, source, held_out,
-               estimator(t.gradient_estimator), update_rule(t.update_rule), out_dir)
+               estimator(t.gradient_estimator), update_rule(t.update_rule), out_dir,
+               NonFiniteGuard(t.max_nonfinite_steps if skips else 1), fingerprint(data))

@@ -14,15 +14,17 @@ import json
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from unigrad.batch import Batch
-from unigrad.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from unigrad.checkpoint import load_latest, remove_partial_writes, save_checkpoint
 from unigrad.config import RunConfig, to_dict
 from unigrad.data.packing import collate
 from unigrad.experience import Experience
 from unigrad.gradients import StepSums
+from unigrad.guards import Preempted, Preemption, check_finite_weights, check_resume, finite
 from unigrad.models import save_model
 from unigrad.objectives import reference_kl
 from unigrad.optim import learning_rate
@@ -68,11 +70,15 @@ def optimise(run: Run, experience: Experience, step: int) -> tuple[StepSums, flo
     loss_of = StepLoss(run)
     micro_batches = [lambda chunk=chunk: loss_of(experience, experience.rows_of(chunk), whole) for chunk in mine]
 
-    def gradients() -> StepSums:
-        return run.gradients(micro_batches, lambda loss: run.layout.backward(run.engine, loss))
+    latest = []
 
-    def apply() -> float:
-        return run.layout.update(run.engine, run.optimizer, run.params, t.max_grad_norm)
+    def gradients() -> StepSums:
+        latest[:] = [run.gradients(micro_batches, lambda loss: run.layout.backward(run.engine, loss))]
+        return latest[0]
+
+    def apply() -> float:   # a non-finite loss on any process: no process applies the step
+        skip = procs.sum(float(not finite(latest[0].surrogate, latest[0].objective))) > 0
+        return run.layout.update(run.engine, run.optimizer, run.params, t.max_grad_norm, skip)
 
     tokens = 0
     for _ in range(run.experience.epochs):
@@ -89,53 +95,68 @@ def held_out(run: Run) -> dict:
     return {f"eval/{key}": value for key, value in run.held_out(StepLoss(run)).items()}
 
 
-def train(config: RunConfig, resume: bool = False, progress: bool = True) -> dict:
-    """Run ``config``; returns the final metrics. With ``resume`` it continues from the last
-    checkpoint in ``output_dir`` and reaches the same result as an uninterrupted run."""
+def save(run: Run, done: int) -> Path:
+    """Checkpoint ``done`` (collective): never with a non-finite weight."""
+    check_finite_weights(run.model, run.procs, done, "the checkpoint")
+    weights = run.layout.full_weights(run.model)
+    state = run.layout.full_optimizer_state(run.model, run.optimizer)
+    folder = run.out_dir / "checkpoints"
+    if run.procs.main:
+        folder = save_checkpoint(folder, done, run.model, run.tokenizer, state, to_dict(run.config),
+                                 run.config.train.keep_checkpoints, weights, run.fingerprint)
+    return folder
+
+
+def train(config: RunConfig, resume: bool = False, progress: bool = True, force: bool = False) -> dict:
+    """Run ``config``; returns the final metrics. With ``resume`` it continues from the last good
+    checkpoint in ``output_dir`` (refused if the config or data changed what the result would be,
+    unless ``force``) and reaches the same result as an uninterrupted run."""
     run = assemble(config)
     t, procs, model = config.train, run.procs, run.model
-    checkpoints = run.out_dir / "checkpoints"
-    start = 0
-    if resume and list_checkpoints(checkpoints):
-        start = load_checkpoint(list_checkpoints(checkpoints)[-1], model, run.optimizer, run.layout)
-        log.info("resumed from %s", list_checkpoints(checkpoints)[-1])
-    elif resume:
-        log.info("no checkpoint in %s: starting from step 0", checkpoints)
+    checkpoints, forced = run.out_dir / "checkpoints", []
+    if procs.main:
+        remove_partial_writes(checkpoints)
+    start = load_latest(checkpoints, model, run.optimizer, run.layout, lambda state, folder: forced.extend(
+        check_resume(state, to_dict(config), run.fingerprint, folder, force))) if resume else 0
     if procs.main:
         (run.out_dir / "config.json").write_text(json.dumps(to_dict(config), indent=1, default=str))
     metrics_log = MetricsLog(run.out_dir, start, t.tensorboard) if procs.main else None
     before = held_out(run) if start == 0 else {}
-    if before and procs.main:
-        metrics_log.write(0, before)
-        log.info("held-out before training: %s", _brief(before))
+    if procs.main and (before or forced):
+        metrics_log.write(start, {**before, **({"resume_forced": "; ".join(forced)} if forced else {})})
+        if before:
+            log.info("held-out before training: %s", _brief(before))
 
     model.train()
     bar = _progress(t.steps, start, progress and procs.main)
     last = {}
-    for step in range(start, t.steps):
-        started = time.perf_counter()
-        experience = run.experience(step)
-        lr = learning_rate(step, t)
-        for group in run.optimizer.param_groups:
-            group["lr"] = lr
-        sums, grad_norm = optimise(run, experience, step)
-        run.experience.after_update()
-        seconds = time.perf_counter() - started
-        last = {"objective": sums.objective, "surrogate": sums.surrogate, "lr": lr, "grad_norm": grad_norm,
-                "tokens_per_s": sums.tokens / seconds, "step_seconds": seconds, **sums.metrics, **experience.metrics}
-        done = step + 1
-        if (t.eval_every and done % t.eval_every == 0) or done == t.steps:
-            last.update(held_out(run))
-        if procs.main and (done % t.log_every == 0 or done == t.steps):
-            metrics_log.write(done, last)
-        bar.update(1)
-        bar.set_postfix(_postfix(last))
-        if t.save_every and done % t.save_every == 0 and done != t.steps:
-            weights, state = run.layout.full_weights(model), run.layout.full_optimizer_state(model, run.optimizer)
-            if procs.main:
-                save_checkpoint(checkpoints, done, model, run.tokenizer, state, to_dict(config), t.keep_checkpoints,
-                                weights)
+    with Preemption() as preemption:
+        for step in range(start, t.steps):
+            started = time.perf_counter()
+            experience = run.experience(step)
+            lr = learning_rate(step, t)
+            for group in run.optimizer.param_groups:
+                group["lr"] = lr
+            sums, grad_norm = optimise(run, experience, step)
+            run.experience.after_update()
+            done, seconds = step + 1, time.perf_counter() - started
+            run.guard(done, sums.objective, sums.surrogate, grad_norm)
+            last = {"objective": sums.objective, "surrogate": sums.surrogate, "lr": lr, "grad_norm": grad_norm,
+                    "nonfinite_skipped": run.guard.skipped, "tokens_per_s": sums.tokens / seconds,
+                    "step_seconds": seconds, **sums.metrics, **experience.metrics}
+            if (t.eval_every and done % t.eval_every == 0) or done == t.steps:
+                last.update(held_out(run))
+            if procs.main and (done % t.log_every == 0 or done == t.steps):
+                metrics_log.write(done, last)
+            bar.update(1)
+            bar.set_postfix(_postfix(last))
+            saved = t.save_every and done % t.save_every == 0 and done != t.steps
+            folder = save(run, done) if saved else None
+            if done != t.steps and (signum := preemption.requested(procs)):
+                bar.close()
+                raise Preempted(signum, done, folder or save(run, done))
     bar.close()
+    check_finite_weights(model, procs, t.steps, "the final model")
     weights = run.layout.full_weights(model)
     summary = {"steps": t.steps, "final_model": str(run.out_dir / "final"), **last,
                **{f"before/{key}": value for key, value in before.items()}}

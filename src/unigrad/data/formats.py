@@ -101,7 +101,7 @@ def parse_sft(record: Record) -> SFTExample:
             _fail(record, f'field "messages[{len(messages) - 1}].content" (the completion) is empty')
         return SFTExample(messages[:-1], content, record)
     if "prompt" not in obj and "completion" not in obj:
-        _fail(record, 'missing field "prompt" (sft records need "prompt" and "completion", or "messages")')
+        _missing(record, '"prompt" (sft records need "prompt" and "completion", or "messages")')
     prompt = _string(record, obj, "prompt", allow_empty=True)
     completion = _string(record, obj, "completion")
     return SFTExample((("user", prompt),), completion, record)
@@ -110,7 +110,7 @@ def parse_sft(record: Record) -> SFTExample:
 def parse_forget(record: Record) -> ForgetExample:
     obj = _object(record)
     if "split" not in obj:
-        _fail(record, 'missing field "split" (forget records need "prompt", "completion" and "split": "forget" or "retain")')
+        _missing(record, '"split" (forget records need "prompt", "completion" and "split": "forget" or "retain")')
     split = obj["split"]
     if split not in SPLITS:
         shown = f'"{split}"' if isinstance(split, str) else type_name(split)
@@ -125,12 +125,12 @@ def parse_scored(record: Record) -> ScoredExample:
         _fail(record, 'give one of the fields "response" and "completion", not both')
     if obj.get("messages") is None:
         if "response" not in obj and "completion" not in obj:
-            _fail(record, 'missing field "response" (scored records need "prompt", "response" and a numeric "reward")')
+            _missing(record, '"response" (scored records need "prompt", "response" and a numeric "reward")')
         if "response" in obj:
             obj = dict(obj, completion=_string(record, obj, "response"))
     example = parse_sft(Record(obj, record.source, record.line, record.row))
     if "reward" not in obj:
-        _fail(record, 'missing field "reward" (scored records need "prompt", "response" and a numeric "reward")')
+        _missing(record, '"reward" (scored records need "prompt", "response" and a numeric "reward")')
     fields = {"reward": _number(record, obj, "reward")}
     if obj.get("value") is not None:
         fields["value"] = _number(record, obj, "value")
@@ -141,24 +141,28 @@ def _number(record: Record, obj: dict, name: str) -> float:
     value = obj[name]
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         _fail(record, f'field "{name}" must be a number, got {type_name(value)}')
-    if not math.isfinite(value):
-        _fail(record, f'field "{name}" must be a finite number, got {value}')
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:   # an int beyond float's range
+        number = math.inf
+    if not math.isfinite(number):
+        _fail(record, f'field "{name}" must be a finite number, got {value if isinstance(value, float) else "an integer beyond float range"}')
+    return number
 
 
 def parse_pair(record: Record) -> PairExample:
     obj = _object(record)
     for name in ("chosen", "rejected"):
         if name not in obj:
-            _fail(record, f'missing field "{name}" (pairs records need "prompt", "chosen" and "rejected")')
+            _missing(record, f'"{name}" (pairs records need "prompt", "chosen" and "rejected")')
     if obj.get("prompt") is None:
         if "prompt" in obj or not (isinstance(obj["chosen"], list) and isinstance(obj["rejected"], list)):
-            _fail(record, 'missing field "prompt" (pairs records need "prompt", "chosen" and "rejected"; '
-                          'without "prompt", "chosen" and "rejected" must be full conversations sharing the prompt)')
+            _missing(record, '"prompt" (pairs records need "prompt", "chosen" and "rejected"; '
+                             'without "prompt", "chosen" and "rejected" must be full conversations sharing the prompt)')
         return _implicit_pair(record, obj)
     prompt_value = obj["prompt"]
     if isinstance(prompt_value, str):
-        prompt: Messages = (("user", prompt_value),)
+        prompt: Messages = (("user", _text(record, prompt_value, "prompt")),)
     elif isinstance(prompt_value, list):
         prompt = _messages(record, prompt_value, "prompt")
         if not prompt:
@@ -189,7 +193,7 @@ def _answer(record: Record, obj: dict, name: str, prompt: Messages) -> str:
     if isinstance(value, str):
         if not value.strip():
             _fail(record, f'field "{name}" is empty')
-        return value
+        return _text(record, value, name)
     if not isinstance(value, list):
         _fail(record, f'field "{name}" must be a non-empty string or a list of messages, got {type_name(value)}')
     messages = _messages(record, value, name)
@@ -216,13 +220,13 @@ def _object(record: Record) -> dict:
 
 def _string(record: Record, obj: dict, name: str, allow_empty: bool = False) -> str:
     if name not in obj:
-        _fail(record, f'missing field "{name}"')
+        _missing(record, f'"{name}"')
     value = obj[name]
     if not isinstance(value, str):
         _fail(record, f'field "{name}" must be a string, got {type_name(value)}')
     if not allow_empty and not value.strip():
         _fail(record, f'field "{name}" is empty')
-    return value
+    return _text(record, value, name)
 
 
 def _messages(record: Record, value: Any, name: str) -> Messages:
@@ -239,10 +243,27 @@ def _messages(record: Record, value: Any, name: str) -> Messages:
                 _fail(record, f'missing field "{name}[{i}].{key}"')
             if not isinstance(m[key], str):
                 _fail(record, f'field "{name}[{i}].{key}" must be a string, got {type_name(m[key])}')
+            _text(record, m[key], f"{name}[{i}].{key}")
         if m["role"] not in ROLES:
             _fail(record, f'field "{name}[{i}].role" must be one of {", ".join(ROLES)}, got "{m["role"]}"')
         out.append((m["role"], m["content"]))
     return tuple(out)
+
+
+def _text(record: Record, value: str, name: str) -> str:
+    """``value`` if it is valid Unicode; a lone surrogate (a broken ``\\ud800`` escape in JSON) is a DataError."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        _fail(record, f'field "{name}" holds an unpaired surrogate \\u{ord(value[e.start]):04x} at character {e.start + 1} '
+                      '(a broken \\u escape: UTF-16 surrogates come in pairs); fix the text')
+    return value
+
+
+def _missing(record: Record, what: str) -> None:
+    """DataError for a missing field, listing the fields the record has (wrong columns show at once)."""
+    fields = ", ".join(f'"{k}"' for k in list(record.value)[:20]) if isinstance(record.value, dict) else ""
+    _fail(record, f"missing field {what}" + (f"; the record's fields are {fields}" if fields else "; the record is empty"))
 
 
 def _fail(record: Record, message: str) -> None:

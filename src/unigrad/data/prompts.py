@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from unigrad.data.errors import DataError, type_name
-from unigrad.data.formats import Messages, _fail, _messages, _object
+from unigrad.data.formats import Messages, _fail, _messages, _missing, _object, _text
 from unigrad.data.sources import Record, read_records
-from unigrad.data.tokenization import encode_completion, encode_prompt, fit
+from unigrad.data.tokenization import encode_completion, encode_prompt, fit, warn_without_template
 from unigrad.tokens import Sequence
 
 FIELDS = ("prompt", "answer", "demonstration")
@@ -48,12 +48,12 @@ def parse_prompt(record: Record) -> PromptExample:
     """Validate one record as the ``prompts`` format; raises DataError naming file, line and field."""
     obj = _object(record)
     if "prompt" not in obj or obj["prompt"] is None:
-        _fail(record, 'missing field "prompt" (prompts records need "prompt"; "answer" and "demonstration" are optional)')
+        _missing(record, '"prompt" (prompts records need "prompt"; "answer" and "demonstration" are optional)')
     value = obj["prompt"]
     if isinstance(value, str):
         if not value.strip():
             _fail(record, 'field "prompt" is empty')
-        prompt: Messages = (("user", value),)
+        prompt: Messages = (("user", _text(record, value, "prompt")),)
     elif isinstance(value, list):
         prompt = _messages(record, value, "prompt")
         if prompt[-1][0] == "assistant":
@@ -78,7 +78,7 @@ def _optional_text(record: Record, obj: dict, name: str, numbers_ok: bool = Fals
         _fail(record, f'field "{name}" must be {kinds}, got {type_name(value)}')
     if not value.strip():
         _fail(record, f'field "{name}" is empty (leave it out if there is none)')
-    return value
+    return _text(record, value, name)
 
 
 def parse_prompts(records: list[Record], require_answer: bool = False,
@@ -100,8 +100,9 @@ def encode_prompts(examples: list[PromptExample], tokenizer: Any, max_prompt_len
     """Examples with ``prompt_ids`` set (``encode_prompt``). A prompt longer than ``max_prompt_length``
     is a DataError unless ``truncation``, which keeps its last ``max_prompt_length`` tokens."""
     out = []
+    warn_without_template(tokenizer, examples, "conversation prompts")
     for ex in examples:
-        ids = encode_prompt(tokenizer, ex.prompt)
+        ids = encode_prompt(tokenizer, ex.prompt, ex.record.where)
         if max_prompt_length is not None and len(ids) > max_prompt_length:
             if not truncation:
                 raise DataError(f"{ex.record.where}: prompt has {len(ids)} tokens, more than max_prompt_length="
@@ -128,7 +129,7 @@ def demonstration_sequences(examples: list[PromptExample], tokenizer: Any, max_l
     for i, ex in enumerate(examples):
         if ex.demonstration is None:
             continue
-        prompt = list(ex.prompt_ids) if ex.prompt_ids is not None else encode_prompt(tokenizer, ex.prompt)
+        prompt = list(ex.prompt_ids) if ex.prompt_ids is not None else encode_prompt(tokenizer, ex.prompt, ex.record.where)
         p, c, cut = fit(prompt, encode_completion(tokenizer, ex.demonstration), max_length, truncation, ex.record.where)
         meta = dict(ex.record.meta, truncated=True) if cut else ex.record.meta
         out.append(Sequence(tuple(p), tuple(c), group=i, sign=1.0, meta=meta))

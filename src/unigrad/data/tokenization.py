@@ -1,8 +1,10 @@
 """Turning validated examples into token ``Sequence``s.
 
 Prompt: the tokenizer's chat template with a generation prompt when it has one; otherwise the
-plain prompt text (with BOS if the tokenizer adds it). Completion: the completion text's tokens
-(no special tokens) followed by EOS. Sequences longer than ``max_length`` are cut (see ``fit``);
+plain prompt text (with BOS if the tokenizer adds it); a conversation (a system message or several
+turns) without a template is written as ``role: content`` text, with a warning. A template that
+fails on a record (e.g. one that refuses a system message) is a DataError naming the record.
+Completion: the completion text's tokens (no special tokens) followed by EOS. Sequences longer than ``max_length`` are cut (see ``fit``);
 a cut sequence has ``meta["truncated"] = True`` (``count_truncated`` counts them).
 """
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from unigrad.data.errors import DataError
+from unigrad.data.errors import DataError, one_line
 from unigrad.data.formats import ForgetExample, Messages, PairExample, ScoredExample, parse
 from unigrad.data.sources import Record, read_records
 from unigrad.tokens import Sequence
@@ -18,12 +20,39 @@ from unigrad.tokens import Sequence
 log = logging.getLogger("unigrad.data")
 
 
-def encode_prompt(tokenizer: Any, prompt: Messages) -> list[int]:
-    """Token ids of a prompt, ending where the assistant's answer starts."""
+def encode_prompt(tokenizer: Any, prompt: Messages, where: str = "") -> list[int]:
+    """Token ids of a prompt, ending where the assistant's answer starts.
+
+    ``where`` (``"file, line 3"``) names the record in the DataError raised when the chat template fails.
+    """
     messages = [{"role": role, "content": content} for role, content in prompt]
-    if getattr(tokenizer, "chat_template", None):
+    if not getattr(tokenizer, "chat_template", None):
+        return _ids(tokenizer(prompt_text(prompt)))
+    try:
         return _ids(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
-    return _ids(tokenizer(prompt_text(prompt)))
+    except Exception as e:  # noqa: BLE001 - the template is the model's, the messages the user's: either may be at fault
+        prefix = f"{where}: " if where else ""
+        roles = ", ".join(role for role, _ in prompt)
+        raise DataError(f"{prefix}the tokenizer's chat template fails on this prompt (roles: {roles}) with "
+                        f"{type(e).__name__}: {one_line(e)}; give messages in the order and roles the template accepts "
+                        f"(some refuse a system message or need user and assistant to alternate), "
+                        f"or set tokenizer.chat_template to one that does") from None
+
+
+def needs_template(prompt: Messages) -> bool:
+    """Whether ``prompt`` is a conversation that plain text cannot carry without inventing a format."""
+    return not (len(prompt) == 1 and prompt[0][0] == "user")
+
+
+def warn_without_template(tokenizer: Any, examples: list, what: str = "conversations") -> None:
+    """Log once when a tokenizer without a chat template meets conversations (written as ``role: content``)."""
+    if getattr(tokenizer, "chat_template", None):
+        return
+    first = next((ex for ex in examples if needs_template(ex.prompt)), None)
+    if first is not None:
+        log.warning("%s: the tokenizer has no chat template, so %s are written as plain 'role: content' text; "
+                    "use a model whose tokenizer has one (or set tokenizer.chat_template) to train in its chat format",
+                    first.record.where, what)
 
 
 def prompt_text(prompt: Messages) -> str:
@@ -73,8 +102,10 @@ def tokenize(records: list[Record], tokenizer: Any, format: str, max_length: int
     if max_length < 2:
         raise ValueError(f"max_length must be at least 2, got {max_length}")
     out: list[Sequence] = []
-    for group, example in enumerate(parse(records, format)):
-        prompt = encode_prompt(tokenizer, example.prompt)
+    examples = parse(records, format)
+    warn_without_template(tokenizer, examples)
+    for group, example in enumerate(examples):
+        prompt = encode_prompt(tokenizer, example.prompt, example.record.where)
         if isinstance(example, PairExample):
             answers = [(example.chosen, 1.0), (example.rejected, -1.0)]
         else:

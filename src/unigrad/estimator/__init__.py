@@ -8,6 +8,7 @@ likelihood gradient (``likelihoods.py``: its unit, with a normaliser of ``normal
 ``core.py`` composes them into the ``Estimator``.
 """
 from unigrad.estimator.protocols import Advantage, Denominator, Mask, Normaliser, Objective, Output, Weighted
+from unigrad.estimator.checks import ParameterError
 from unigrad.estimator.masks import ClampedRatio, NoMask, PPOClip
 from unigrad.estimator.denominators import BehaviourPolicy, CurrentPolicy, One, ReferencePolicy
 from unigrad.estimator.normalisers import FixedCount, Restrict, SequenceMean, SequenceSum, TokenMean
@@ -21,7 +22,7 @@ from unigrad.estimator.advantages import (
 from unigrad.estimator.core import Estimator
 
 __all__ = [
-    "Advantage", "Denominator", "Mask", "Normaliser", "Objective", "Output", "Weighted", "Estimator",
+    "Advantage", "Denominator", "Mask", "Normaliser", "Objective", "Output", "ParameterError", "Weighted", "Estimator",
     "NoMask", "PPOClip", "ClampedRatio",
     "CurrentPolicy", "BehaviourPolicy", "ReferencePolicy", "One",
     "Likelihood", "TokenMean", "SequenceMean", "SequenceSum", "FixedCount", "Restrict",

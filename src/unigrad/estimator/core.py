@@ -19,6 +19,7 @@ from torch import Tensor
 
 from unigrad.batch import Batch
 from unigrad.estimator.advantages.constant import Constant
+from unigrad.estimator.checks import part
 from unigrad.estimator.denominators import CurrentPolicy
 from unigrad.estimator.likelihoods import Likelihood
 from unigrad.estimator.masks import NoMask
@@ -34,6 +35,12 @@ class Estimator:
     denominator: Denominator = CurrentPolicy()
     advantage: Advantage = Constant(1.0)
     likelihood: Likelihood = Likelihood()
+
+    def __post_init__(self):
+        part(self, "mask", self.mask, "mask", "value_ratio", "requires")
+        part(self, "denominator", self.denominator, "denominator", "tracks_policy", "requires")
+        part(self, "advantage", self.advantage, "advantage", "__call__", "requires")
+        part(self, "likelihood", self.likelihood, "likelihood", "unit", "normaliser")
 
     @property
     def requires(self) -> frozenset[str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from unigrad.estimator.checks import one_of, part
 from unigrad.estimator.normalisers import TokenMean
 from unigrad.estimator.protocols import Normaliser
 
@@ -22,5 +23,5 @@ class Likelihood:
     normaliser: Normaliser = TokenMean()
 
     def __post_init__(self):
-        if self.unit not in ("token", "sequence"):
-            raise ValueError(f"likelihood unit must be 'token' or 'sequence', got {self.unit!r}")
+        one_of(self, "unit", self.unit, ("token", "sequence"), "each token an action, or the whole completion one")
+        part(self, "normaliser", self.normaliser, "normaliser", "count", "within", "requires")

@@ -13,6 +13,14 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from unigrad.estimator.checks import fraction, non_negative
+
+# Why the clip widths have these domains (the range is [1 − ε_low, 1 + ε_high], ordered when both are ≥ 0).
+LOWER_CLIP = ("the ratio's lower bound is 1 − eps_low: a negative eps_low lifts it above 1, cutting on-policy terms; "
+              "beyond 1 it falls below 0, where no ratio lies")
+UPPER_CLIP = "the ratio's upper bound is 1 + eps_high: a negative eps_high drops it below 1, cutting on-policy terms"
+CLAMP = "the clamp [1 − eps, 1 + eps] must contain 1 and keep its lower bound ≥ 0, as the ratio is positive"
+
 
 @dataclass(frozen=True)
 class NoMask:
@@ -41,6 +49,10 @@ class PPOClip:
     eps_high: float = 0.2
     requires: ClassVar[frozenset[str]] = frozenset()
 
+    def __post_init__(self):
+        fraction(self, "eps_low", self.eps_low, LOWER_CLIP)
+        non_negative(self, "eps_high", self.eps_high, UPPER_CLIP)
+
     def __call__(self, ratio: Tensor, advantage: Tensor) -> Tensor:
         clipped = ((advantage > 0) & (ratio > 1 + self.eps_high)) | ((advantage < 0) & (ratio < 1 - self.eps_low))
         return (~clipped).to(ratio.dtype)
@@ -59,6 +71,9 @@ class ClampedRatio:
 
     eps: float = 0.9
     requires: ClassVar[frozenset[str]] = frozenset()
+
+    def __post_init__(self):
+        fraction(self, "eps", self.eps, CLAMP)
 
     def __call__(self, ratio: Tensor, advantage: Tensor) -> Tensor:
         return ratio.clamp(1 - self.eps, 1 + self.eps) / ratio

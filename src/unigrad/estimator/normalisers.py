@@ -28,6 +28,7 @@ from typing import ClassVar, Literal
 from torch import Tensor
 
 from unigrad.batch import Batch
+from unigrad.estimator.checks import one_of, part, positive
 from unigrad.estimator.protocols import Normaliser
 
 Per = Literal["sequence", "group"]
@@ -52,6 +53,11 @@ def _per_count(normaliser, batch: Batch) -> float:
     return batch.groups_total if normaliser.per == "group" else batch.sequences_total
 
 
+def _check_per(normaliser) -> None:
+    one_of(normaliser, "per", normaliser.per, ("sequence", "group"),
+           "what Z counts: sequences, or groups (one pairwise loss per pair)")
+
+
 @dataclass(frozen=True)
 class TokenMean:
     """Z = N_tokens, the step's completion tokens."""
@@ -71,6 +77,7 @@ class SequenceMean:
     within: ClassVar[str] = "mean"
     requires = property(_per_requires)
     count = _per_count
+    __post_init__ = _check_per
 
 
 @dataclass(frozen=True)
@@ -81,6 +88,7 @@ class SequenceSum:
     within: ClassVar[str] = "sum"
     requires = property(_per_requires)
     count = _per_count
+    __post_init__ = _check_per
 
 
 @dataclass(frozen=True)
@@ -92,15 +100,18 @@ class FixedCount:
     within: ClassVar[str] = "sum"
     requires: ClassVar[frozenset[str]] = frozenset()
 
+    def __post_init__(self):
+        positive(self, "c", self.c, "Z = c · N_sequences divides the loss; Dr. GRPO sets c to the maximum completion length")
+
     def count(self, batch: Batch) -> float:
         return self.c * batch.sequences_total
 
 
 # ---- row selection by sign ----
 
-def check_rows(rows: str) -> None:
-    if rows not in ("negative", "positive"):
-        raise ValueError(f"rows must be 'negative' (sign < 0) or 'positive' (sign > 0), got {rows!r}")
+def check_rows(rows: str, owner="row selection") -> None:
+    """``rows`` names a subset by the sign of ``batch.sign``."""
+    one_of(owner, "rows", rows, ("negative", "positive"), "negative: the rows with sign < 0, positive: sign > 0")
 
 
 def row_selector(batch: Batch, rows: str) -> Tensor:
@@ -126,7 +137,8 @@ class Restrict:
     rows: Rows = "negative"
 
     def __post_init__(self):
-        check_rows(self.rows)
+        part(self, "normaliser", self.normaliser, "normaliser", "count", "within", "requires")
+        check_rows(self.rows, self)
 
     @property
     def within(self) -> str:

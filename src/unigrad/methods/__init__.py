@@ -61,8 +61,9 @@ def methods() -> list[str]:
 
 
 def method(name: str, **params):
-    """The objective of method ``name`` with ``params`` (its paper's symbols, spelled out)."""
-    if name not in REGISTRY:
+    """The objective of method ``name`` with ``params`` (its paper's symbols, spelled out). Each factory
+    checks its parameters' domains (``unigrad.estimator.checks``): a value outside raises ``ParameterError``."""
+    if not isinstance(name, str) or name not in REGISTRY:
         raise ValueError(f"unknown method {name!r}; known methods: {', '.join(methods())}")
     for key in params:
         if (name, key) in MOVED:
@@ -73,13 +74,6 @@ def method(name: str, **params):
     if unknown:
         raise ValueError(f"method {name!r} has no parameter {', '.join(map(repr, unknown))}; "
                          f"its parameters are: {signature(name)}")
-    for key, value in params.items():
-        default = accepted[key].default
-        if isinstance(default, (int, float)) and not isinstance(default, bool):
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ValueError(f"method {name!r}: parameter {key} must be a number, got {value!r}")
-        elif isinstance(default, str) and not isinstance(value, str):
-            raise ValueError(f"method {name!r}: parameter {key} must be a string, got {value!r}")
     return factory(**params)
 
 

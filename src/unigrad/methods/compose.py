@@ -17,6 +17,7 @@ This is the only place part names are looked up; in code, parts are plain values
 from __future__ import annotations
 
 from unigrad import estimator as E
+from unigrad.estimator.checks import ParameterError
 from unigrad.estimator.normalisers import Rows
 from unigrad.objectives import DIVERGENCES, KLPenalty, Sum, Term, divergence
 
@@ -52,6 +53,30 @@ class MethodSpecError(ValueError):
     """A method given in a config could not be built."""
 
 
+def _spec_error(error: Exception, where: str, given) -> MethodSpecError:
+    """The config's message for ``error``: a parameter outside its domain is named by its full key
+    (``method.beta``) when the config gave it; any other error is prefixed with ``where``."""
+    if isinstance(error, ParameterError) and error.parameter in given:
+        return MethodSpecError(error.at(where))
+    return MethodSpecError(f"{where}: {error}")
+
+
+def _construct(build, params: dict, where: str):
+    """``build(**params)``, with its TypeError or ValueError told as a MethodSpecError at ``where``."""
+    try:
+        return build(**params)
+    except MethodSpecError:
+        raise
+    except (TypeError, ValueError) as error:
+        raise _spec_error(error, where, params) from None
+
+
+def _divergence(name, alpha, where: str):
+    if not isinstance(name, str) or name not in DIVERGENCES:
+        raise MethodSpecError(f"{where}.divergence: choose one of {', '.join(DIVERGENCES)}, got {name!r}")
+    return _construct(lambda alpha: divergence(name, alpha), {"alpha": alpha}, where)
+
+
 def build_part(kind: str, spec, where: str):
     options = PARTS[kind]
     if isinstance(spec, str):
@@ -60,39 +85,64 @@ def build_part(kind: str, spec, where: str):
         raise MethodSpecError(f"{where}: expected a part name or {{name: ..., params}}; {kind} parts: {', '.join(options)}")
     params = dict(spec)
     name = params.pop("name")
-    if name not in options:
+    if not isinstance(name, str) or name not in options:
         raise MethodSpecError(f"{where}: unknown {kind} {name!r}; choose one of {', '.join(options)}")
     for key in list(params):
         if key in _NESTED:
             params[key] = build_part(_NESTED[key], params[key], f"{where}.{key}")
         elif key == "divergence":
-            if params[key] not in DIVERGENCES:
-                raise MethodSpecError(f"{where}.divergence: choose one of {', '.join(DIVERGENCES)}")
-            params[key] = divergence(params[key], params.pop("alpha", 0.5))
-    try:
-        return options[name](**params)
-    except (TypeError, ValueError) as error:
-        raise MethodSpecError(f"{where}: {error}") from None
+            params[key] = _divergence(params[key], params.pop("alpha", 0.5), where)
+    return _construct(options[name], params, where)
 
 
-def build_estimator(parts: dict, where: str) -> E.Estimator:
+def build_estimator(parts, where: str) -> E.Estimator:
+    if not isinstance(parts, dict):
+        raise MethodSpecError(f"{where}: expected a mapping of the parts mask, denominator, advantage, likelihood")
     unknown = set(parts) - {"mask", "denominator", "advantage", "likelihood"}
     if unknown:
         raise MethodSpecError(f"{where}: unknown part(s) {sorted(unknown)}; the parts are mask, denominator, advantage, likelihood")
     kwargs = {kind: build_part(kind, parts[kind], f"{where}.{kind}") for kind in ("mask", "denominator", "advantage") if kind in parts}
     if "likelihood" in parts:
-        spec = dict(parts["likelihood"])
+        spec = parts["likelihood"]
+        if not isinstance(spec, dict):
+            raise MethodSpecError(f"{where}.likelihood: expected {{unit: token or sequence, normaliser: ...}}")
+        spec = dict(spec)
         normaliser = build_part("normaliser", spec.pop("normaliser", "token_mean"), f"{where}.likelihood.normaliser")
-        try:
-            kwargs["likelihood"] = E.Likelihood(normaliser=normaliser, **spec)
-        except (TypeError, ValueError) as error:
-            raise MethodSpecError(f"{where}.likelihood: {error}") from None
-    return E.Estimator(**kwargs)
+        kwargs["likelihood"] = _construct(E.Likelihood, {"normaliser": normaliser, **spec}, f"{where}.likelihood")
+    return _construct(E.Estimator, kwargs, where)
+
+
+def _named(spec: dict, where: str):
+    from unigrad.methods import method
+    params = {k: v for k, v in spec.items() if k != "name"}
+    return _construct(lambda **given: method(spec["name"], **given), params, where)
+
+
+def _kl(estimator, where: str) -> KLPenalty:
+    try:
+        return KLPenalty(estimator=estimator)
+    except ParameterError as error:
+        raise MethodSpecError(error.at(where, "kl")) from None
+
+
+def _sum(terms, where: str) -> Sum:
+    if not isinstance(terms, list) or not terms:
+        raise MethodSpecError(f"{where}: expected a non-empty list of terms such as {{weight: 0.05, kl: k3}}")
+    built = []
+    for index, term in enumerate(terms):
+        at = f"{where}[{index}]"
+        if not isinstance(term, dict):
+            raise MethodSpecError(f"{at}: expected a mapping such as {{weight: 1.0, name: sft}}, got {term!r}")
+        term = dict(term)
+        weight = term.pop("weight", 1.0)
+        name = term.pop("term_name", term.get("name", "kl" if "kl" in term else f"term{index}"))
+        objective = build_objective(term, at)
+        built.append(_construct(Term, {"weight": weight, "objective": objective, "name": str(name)}, at))
+    return Sum(tuple(built))
 
 
 def build_objective(spec: dict, where: str = "method"):
     """The objective a config's ``method`` mapping describes."""
-    from unigrad.methods import method
     if not isinstance(spec, dict):
         raise MethodSpecError(f"{where}: expected a mapping")
     forms = [key for key in ("name", "parts", "sum", "kl") if key in spec]
@@ -100,19 +150,12 @@ def build_objective(spec: dict, where: str = "method"):
         raise MethodSpecError(f"{where}: give exactly one of name (a registered method), parts, sum or kl")
     form = forms[0]
     if form == "name":
-        params = {k: v for k, v in spec.items() if k not in ("name", "weight", "term_name")}
-        try:
-            return method(spec["name"], **params)
-        except (TypeError, ValueError) as error:
-            raise MethodSpecError(f"{where}: {error}") from None
+        return _named(spec, where)
+    extra = sorted(map(str, set(spec) - {form}))
+    if extra:
+        raise MethodSpecError(f"{where}: unknown key(s) {', '.join(extra)} beside {form} (parameters go inside its parts)")
     if form == "parts":
         return build_estimator(spec["parts"], f"{where}.parts")
     if form == "kl":
-        return KLPenalty(estimator=spec["kl"])
-    terms = []
-    for index, term in enumerate(spec["sum"]):
-        term = dict(term)
-        weight = term.pop("weight", 1.0)
-        name = term.pop("term_name", term.get("name", "kl" if "kl" in term else f"term{index}"))
-        terms.append(Term(float(weight), build_objective(term, f"{where}.sum[{index}]"), str(name)))
-    return Sum(tuple(terms))
+        return _kl(spec["kl"], where)
+    return _sum(spec["sum"], f"{where}.sum")

@@ -8,6 +8,10 @@ from unigrad.estimator import (
     AbsoluteLikelihood, ClampedRatio, CurrentPolicy, Estimator, LeftoverAdvantage, Likelihood, LogSigmoidRatio,
     ReferencePolicy, Restrict, SequenceMean, SequenceSum,
 )
+from unigrad.estimator.advantages.offline import KL_BETA
+from unigrad.estimator.advantages.preference import ASFT_LAM
+from unigrad.estimator.checks import fraction, non_negative, positive
+from unigrad.estimator.masks import CLAMP
 from unigrad.objectives import Sum, Term
 
 
@@ -22,6 +26,7 @@ def asft(lam: float = 0.1) -> Estimator:
 
     mean over pairs; no reference model. Parts: m = 1, π_den = sg π_θ, Â(y_w) = 1+λ,
     Â(y_l) = −λ odds(y_l), sequence-mean likelihood, per pair."""
+    non_negative("asft", "lam", lam, ASFT_LAM)
     return Estimator(advantage=AbsoluteLikelihood(lam), likelihood=Likelihood("sequence", SequenceMean(per="group")))
 
 
@@ -37,6 +42,8 @@ def ddo(beta: float = 0.1, alpha: float = 0.5) -> Sum:
     sign = +1, samples drawn from p_ref sign = −1. Parts: a Sum of two Estimators (m = 1,
     π_den = sg π_θ, sequence-sum likelihood, mean over each side's rows) with Â = β σ(−β h) on data
     rows and Â = −β σ(β h) on reference rows (weight α)."""
+    positive("ddo", "beta", beta, "the implicit discriminator is σ(β h); a negative beta swaps data and reference samples")
+    non_negative("ddo", "alpha", alpha, "the weight of the reference-sample term; a negative alpha pulls towards those samples")
     data = Estimator(advantage=LogSigmoidRatio(beta=beta, direction=1, scale=1.0, rows="positive"),
                      likelihood=Likelihood("sequence", Restrict(SequenceSum(), "positive")))
     fake = Estimator(advantage=LogSigmoidRatio(beta=beta, direction=-1, scale=1.0, rows="negative"),
@@ -57,6 +64,7 @@ def a_lol(clip: float = 0.9) -> Estimator:
     """L = mean_b[ −ℓ(y) · clip(π_θ(y)/π_ref(y), 1−ε, 1+ε) · A⁺ ]  (sg on the weight).
     Parts: mask m = clip(r)/r (a value clamp, not PPO's zeroing), π_den = π_ref (sequence-sum
     ratio r = exp h(y)), Â = A⁺, sequence-sum likelihood, mean over sequences. """
+    fraction("a-lol", "clip", clip, CLAMP)
     return Estimator(mask=ClampedRatio(clip), denominator=ReferencePolicy(),
                      advantage=LeftoverAdvantage(clip, "sequence"), likelihood=Likelihood("sequence", SequenceSum()))
 
@@ -72,6 +80,7 @@ def a_lol_seq(clip: float = 0.9) -> Estimator:
     """A-LoL seq (per-token importance): L = mean_b[ A⁺ · Σ_t −ℓ_t · clip(π_θ(y_t)/π_ref(y_t), 1−ε, 1+ε) ].
     Parts: m_t = clip(r_t)/r_t, π_den = π_ref per token, Â = A⁺ on every token, token unit,
     Σ_t within a sequence, mean over sequences."""
+    fraction("a-lol-seq", "clip", clip, CLAMP)
     return Estimator(mask=ClampedRatio(clip), denominator=ReferencePolicy(),
                      advantage=LeftoverAdvantage(clip, "token"), likelihood=Likelihood("token", SequenceSum()))
 
@@ -81,6 +90,7 @@ def a_lol_kl(kl_beta: float = 0.1) -> Estimator:
     Parts: m = 1, π_den = sg π_θ, Â = (A − β_KL)·1[A > 0] (the penalty's gradient only shifts the
     advantage), sequence-sum likelihood, mean over sequences. β_KL default unverified (code flag
     ``kl_beta``)."""
+    non_negative("a-lol-kl", "kl_beta", kl_beta, KL_BETA)
     return Estimator(denominator=CurrentPolicy(), advantage=LeftoverAdvantage(0.0, "none", kl_beta),
                      likelihood=Likelihood("sequence", SequenceSum()))
 

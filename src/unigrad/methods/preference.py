@@ -9,7 +9,10 @@ from unigrad.estimator import (
     Chosen, Constant, Estimator, FDivergenceReward, ImpliedReward, LengthNormalisedReward, Likelihood,
     Logistic, LogOdds, PairwisePreference, SequenceMean, SequenceSum, Squared, TokenMean,
 )
-from unigrad.objectives import Sum, Term
+from unigrad.estimator.advantages.preference import IMPLIED_BETA
+from unigrad.estimator.checks import non_negative, number, one_of, positive
+from unigrad.objectives import DIVERGENCES, Sum, Term
+from unigrad.objectives.divergences import ALPHA
 from unigrad.objectives import divergence as _divergence
 
 _PER_PAIR_SUM = Likelihood("sequence", SequenceSum(per="group"))
@@ -26,6 +29,7 @@ def dpo(beta: float = 0.1) -> Estimator:
     """DPO (Rafailov et al. 2023, "Direct Preference Optimization: Your Language Model is Secretly a
     Reward Model", eq. 7):  L = −log σ(β h(y_w) − β h(y_l)).
     Parts: m = 1, π_den = sg π_θ, Â = ±β σ(−Δ) (Bradley–Terry), sequence-sum likelihood, per pair."""
+    positive("dpo", "beta", beta, IMPLIED_BETA)
     return Estimator(advantage=PairwisePreference(ImpliedReward(beta), Logistic()), likelihood=_PER_PAIR_SUM)
 
 
@@ -33,6 +37,7 @@ def ipo(tau: float = 0.1) -> Estimator:
     """IPO (Azar et al. 2023, "A General Theoretical Paradigm to Understand Learning from Human
     Preferences", eq. 17):  L = (h(y_w) − h(y_l) − 1/(2τ))², sequence sums as in the paper.
     Parts: Â = ∓2(Δ − 1/(2τ)), sequence-sum likelihood, per pair."""
+    positive("ipo", "tau", tau, "the target margin is 1/(2τ); τ ≤ 0 asks the rejected response to win, or divides by 0")
     return Estimator(advantage=PairwisePreference(ImpliedReward(1.0), Squared(1 / (2 * tau))), likelihood=_PER_PAIR_SUM)
 
 
@@ -40,6 +45,9 @@ def simpo(beta: float = 2.0, gamma: float = 0.5) -> Estimator:
     """SimPO (Meng et al. 2024, "SimPO: Simple Preference Optimization with a Reference-Free
     Reward", eq. 6):  L = −log σ(β ℓ̄(y_w) − β ℓ̄(y_l) − γ); no reference model.
     Parts: Â = ±β σ(−Δ), length-normalised (sequence-mean) likelihood, per pair."""
+    positive("simpo", "beta", beta, "it scales the length-normalised reward; a negative beta reverses the preference")
+    non_negative("simpo", "gamma", gamma, "the target margin the chosen reward must win by; the paper asks γ > 0, "
+                 "γ = 0 is its ablation without a margin")
     return Estimator(advantage=PairwisePreference(LengthNormalisedReward(beta), Logistic(margin=gamma)),
                      likelihood=_PER_PAIR_MEAN)
 
@@ -48,6 +56,7 @@ def orpo(lam: float = 0.1) -> Sum:
     """ORPO (Hong et al. 2024, "ORPO: Monolithic Preference Optimization without Reference Model",
     eqs. 2–7):  L = −ℓ̄(y_w) − λ log σ(log odds(y_w) − log odds(y_l)),  odds = P/(1−P), P = exp ℓ̄.
     A weighted sum of SFT on the chosen response and an odds-ratio preference term."""
+    non_negative("orpo", "lam", lam, "it weighs the odds-ratio term; a negative lam rewards the rejected response")
     nll_chosen = Estimator(advantage=Chosen(), likelihood=_PER_PAIR_MEAN)
     odds_ratio = Estimator(advantage=PairwisePreference(LogOdds(), Logistic()), likelihood=_PER_PAIR_MEAN)
     return Sum((Term(1.0, nll_chosen, "sft"), Term(lam, odds_ratio, "odds_ratio")))
@@ -57,5 +66,8 @@ def f_dpo(beta: float = 0.1, divergence: str = "reverse_kl", alpha: float = 0.5)
     """f-DPO (Wang et al. 2023, "Beyond Reverse KL: Generalizing Direct Preference Optimization with
     Diverse Divergence Constraints", eq. 9):  L = −log σ(β f′(u_w) − β f′(u_l)),  u = π_θ(y|x)/π_ref(y|x),
     f ∈ {reverse_kl, forward_kl, js, alpha}. Parts: Â = ±β σ(−Δ) u f″(u), sequence-sum likelihood."""
+    positive("f-dpo", "beta", beta, IMPLIED_BETA)
+    one_of("f-dpo", "divergence", divergence, DIVERGENCES, "the f-divergences of the paper's Table 1")
+    number("f-dpo", "alpha", alpha, ALPHA, low=0, high=1, low_open=True, high_open=True)
     score = FDivergenceReward(beta, _divergence(divergence, alpha))
     return Estimator(advantage=PairwisePreference(score, Logistic()), likelihood=_PER_PAIR_SUM)

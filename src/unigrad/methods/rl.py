@@ -15,16 +15,27 @@ from unigrad.estimator import (
     BehaviourPolicy, CurrentPolicy, Estimator, FixedCount, GlobalNormalised, GroupCentred, GroupNormalised,
     LeaveOneOut, Likelihood, NoMask, PPOClip, Reinforce, SequenceMean, SequenceSum, TokenMean,
 )
+from unigrad.estimator.checks import flag, fraction, non_negative, number, positive
+from unigrad.estimator.masks import LOWER_CLIP, UPPER_CLIP
 from unigrad.methods.preference import sft
 from unigrad.objectives import Gate, KLPenalty, Sum, Term
+from unigrad.objectives.gate import GAMMA
 
 _PER_SEQUENCE_TOKEN_MEAN = Likelihood("token", SequenceMean())
 _SEQUENCE_LOGPROB = Likelihood("sequence", SequenceSum())
 
 
+def _clip_width(owner: str, eps) -> None:
+    number(owner, "eps", eps, "the ratio is kept in [1 − ε, 1 + ε]: ε = 0 cuts every term whose ratio has moved, "
+           "ε > 1 puts the lower bound below 0", low=0, high=1, low_open=True)
+
+
+def _asymmetric_clip(owner: str, eps_low, eps_high) -> None:
+    fraction(owner, "eps_low", eps_low, LOWER_CLIP)
+    non_negative(owner, "eps_high", eps_high, UPPER_CLIP)
+
+
 def _with_kl(policy: Estimator, beta: float):
-    if beta < 0:
-        raise ValueError(f"beta (KL coefficient) must be ≥ 0, got {beta}")
     if beta == 0:
         return policy
     return Sum((Term(1.0, policy, "policy"), Term(beta, KLPenalty("k3", SequenceMean()), "kl")))
@@ -41,6 +52,8 @@ def grpo(eps: float = 0.2, beta: float = 0.0):
     Parts: m = PPO clip (ε, ε), π_den = π_old, Â group-normalised, token unit with per-sequence token
     mean then mean over sequences; β > 0 adds ``KLPenalty("k3", SequenceMean())`` with weight β (the
     paper uses β = 0.04; default 0 as in DAPO / Dr. GRPO / most R1-Zero recipes)."""
+    _clip_width("grpo", eps)
+    non_negative("grpo", "beta", beta, "the KL penalty's coefficient; a negative beta rewards drifting from the reference")
     policy = Estimator(mask=PPOClip(eps, eps), denominator=BehaviourPolicy(), advantage=GroupNormalised(),
                        likelihood=_PER_SEQUENCE_TOKEN_MEAN)
     return _with_kl(policy, beta)
@@ -56,6 +69,9 @@ def dr_grpo(eps: float = 0.2, max_tokens: float = 3000.0) -> Estimator:
     sequence's token sum by ``generate_max_length`` and averages over sequences; their example
     scripts (sail-sg/understand-r1-zero) set it to 3000, hence the default. Set it to the sampler's
     maximum completion length. Parts: PPO clip, π_old, group-centred Â, token unit, FixedCount(c)."""
+    _clip_width("dr-grpo", eps)
+    positive("dr-grpo", "max_tokens", max_tokens,
+             "the constant c each sequence's token sum is divided by: the sampler's maximum completion length")
     return Estimator(mask=PPOClip(eps, eps), denominator=BehaviourPolicy(), advantage=GroupCentred(),
                      likelihood=Likelihood("token", FixedCount(float(max_tokens))))
 
@@ -72,6 +88,7 @@ def dapo(eps_low: float = 0.2, eps_high: float = 0.28) -> Estimator:
     (``rollout.shaping.keep_informative_groups``: keep only prompts with 0 < #correct < G, and sample more until
     the batch is full) and soft overlong punishment (``rollout.shaping.overlong_penalty``, added to the
     reward); the rollout producer applies them."""
+    _asymmetric_clip("dapo", eps_low, eps_high)
     return Estimator(mask=PPOClip(eps_low, eps_high), denominator=BehaviourPolicy(), advantage=GroupNormalised(),
                      likelihood=Likelihood("token", TokenMean()))
 
@@ -86,6 +103,7 @@ def gspo(eps_low: float = 3e-4, eps_high: float = 4e-4) -> Estimator:
     Defaults ε_low = 3e-4, ε_high = 4e-4 are the paper's clipping ranges (§5.1). Parts: PPO clip on
     the sequence ratio, π_old, group-normalised Â, sequence unit with the length-normalised
     (sequence-mean) log-ratio, mean over sequences."""
+    _asymmetric_clip("gspo", eps_low, eps_high)
     return Estimator(mask=PPOClip(eps_low, eps_high), denominator=BehaviourPolicy(), advantage=GroupNormalised(),
                      likelihood=Likelihood("sequence", SequenceMean()))
 
@@ -109,6 +127,8 @@ def reinforce(baseline: float = 0.0, batch_mean: bool = False) -> Estimator:
         L = −(1/N) Σ_i (R_i − b) log π_θ(y_i|q),   b = ``baseline`` or, with batch_mean, mean_batch R.
 
     Parts: m = 1, π_den = sg π_θ, Â = R − b, sequence log-prob (sum), mean over rollouts."""
+    number("reinforce", "baseline", baseline, "the constant b subtracted from every reward")
+    flag("reinforce", "batch_mean", batch_mean, "use the batch's mean reward as the baseline instead")
     return Estimator(mask=NoMask(), denominator=CurrentPolicy(), advantage=Reinforce(baseline, batch_mean),
                      likelihood=_SEQUENCE_LOGPROB)
 
@@ -125,6 +145,8 @@ def reinforce_pp(eps: float = 0.2, group_baseline: bool = False) -> Estimator:
     Token mean over the batch as OpenRLHF's ``PolicyLoss`` (``token_level_loss=True``). Omitted: the
     token-level KL penalty the paper folds into the reward (r_t = 1[t = EOS] R − β KL_t) — with it,
     Â varies along the completion; leave it out or add a ``KLPenalty`` term instead."""
+    _clip_width("reinforce++", eps)
+    flag("reinforce++", "group_baseline", group_baseline, "subtract the prompt's mean reward before normalising")
     return Estimator(mask=PPOClip(eps, eps), denominator=BehaviourPolicy(),
                      advantage=GlobalNormalised(group_baseline=group_baseline), likelihood=Likelihood("token", TokenMean()))
 
@@ -145,5 +167,8 @@ def hpt(gamma: float = 0.0, eps: float = 0.2, sft_weight: float = 1.0) -> Gate:
     rewards without the std (``grpo_use_std=False``), drops the clip, sums over tokens and divides by
     the maximum response length (Dr. GRPO's normaliser) jointly for SFT and RL rows, and adds an
     entropy bonus (0.001). Compose ``Gate(below=..., above=dr_grpo(...))`` for that form."""
+    fraction("hpt", "gamma", gamma, GAMMA)
+    _clip_width("hpt", eps)
+    non_negative("hpt", "sft_weight", sft_weight, "the weight w of the SFT term; a negative w ascends on the demonstrations")
     below = sft() if sft_weight == 1.0 else Sum((Term(float(sft_weight), sft(), "sft"),))
     return Gate(threshold_field="success_rate", gamma=float(gamma), below=below, above=grpo(eps=eps))

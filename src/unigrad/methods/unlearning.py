@@ -12,11 +12,14 @@ from unigrad.estimator import (
     SafeAlignWeight, SequenceSum, TokenMean,
 )
 from unigrad.estimator.advantages import FLAT_DIVERGENCES
+from unigrad.estimator.advantages.unlearning import RETAIN_KL, SAFE_ALIGN_LAM, SAFE_ALIGN_THRESHOLD
+from unigrad.estimator.checks import non_negative, one_of, positive, text
 from unigrad.estimator.normalisers import FORGET, RETAIN
 from unigrad.objectives import InvertedHinge, Sum, Term
 
 _FORGET_TOKENS = Likelihood("token", Restrict(TokenMean(), FORGET))
 _RETAIN_TOKENS = Likelihood("token", Restrict(TokenMean(), RETAIN))
+RETAIN_WEIGHT = "the weight c of the retain term; a negative c ascends on the data to keep"
 
 
 def _ascent() -> Estimator:
@@ -46,12 +49,14 @@ def grad_diff(retain_weight: float = 1.0, retain: str = "nll", kl_estimator: str
     The official TOFU "KL" baseline uses the full-vocabulary KL(π_ref ‖ π_θ) per position instead;
     that needs logits, which a per-token batch does not carry. k1 is refused (its gradient through
     ℓ is ascent on the retain data). A Sum of two Estimators (token unit, π_den = sg π_θ, m = 1)."""
+    non_negative("grad-diff", "retain_weight", retain_weight, RETAIN_WEIGHT)
+    one_of("grad-diff", "retain", retain, ("nll", "kl"),
+           "the retain term: NLL on the retain rows, or a sampled KL to the reference")
+    one_of("grad-diff", "kl_estimator", kl_estimator, ("k2", "k3"), RETAIN_KL)
     if retain == "nll":
         retain_term = _retain_nll()
-    elif retain == "kl":
-        retain_term = Estimator(advantage=ReferenceKL(kl_estimator, RETAIN), likelihood=_RETAIN_TOKENS)
     else:
-        raise ValueError(f"retain must be 'nll' or 'kl', got {retain!r}")
+        retain_term = Estimator(advantage=ReferenceKL(kl_estimator, RETAIN), likelihood=_RETAIN_TOKENS)
     return Sum((Term(1.0, _ascent(), "forget_ascent"), Term(retain_weight, retain_term, f"retain_{retain}")))
 
 
@@ -67,6 +72,9 @@ def npo(beta: float = 0.1, retain_weight: float = 0.0):
     sequence sums with Â = −1). Parts: m = 1, π_den = sg π_θ, sequence-sum likelihood, mean over
     forget rows; ``objective`` = L_NPO.
     retain_weight = c > 0: NPO+RT, L = L_NPO + c · (−(1/N_r) Σ_retain ℓ_t)  (code: ``npo_grad_diff``)."""
+    positive("npo", "beta", beta, "the inverse temperature of σ(−β h); the loss is scaled by 2/β, and a negative beta "
+             "would raise the forget data's likelihood instead")
+    non_negative("npo", "retain_weight", retain_weight, RETAIN_WEIGHT)
     forget = Estimator(advantage=LogSigmoidRatio(beta=beta, direction=-1, scale=2.0 / beta, rows=FORGET),
                        likelihood=Likelihood("sequence", Restrict(SequenceSum(), FORGET)))
     if not retain_weight:
@@ -86,6 +94,8 @@ def ihl(retain_weight: float = 1.0, field: str = "logp_top_other"):
     data token (Â = −p(y_t)) and one on the competing token (Â = +p(v*), likelihood ∇log π_θ(v*)),
     since one Estimator has one likelihood. FILA (the Fisher-weighted LoRA initialisation of the same
     paper) is an initialisation, not a loss, and lives outside the objective."""
+    non_negative("ihl", "retain_weight", retain_weight, RETAIN_WEIGHT)
+    text("ihl", "field", field, "the Batch.extra field with log max_{v≠y_t} π_θ(v)")
     hinge = InvertedHinge(field=field, rows=FORGET)
     if not retain_weight:
         return hinge
@@ -109,8 +119,7 @@ def flat(divergence: str = "total_variation") -> Sum:
     included, as 0); here P is the mean over answer tokens, independent of padding.
     Parts: a Sum of two Estimators (m = 1, π_den = sg π_θ, token unit, mean over each side's tokens)
     with Â_t = g′(P_e)·p_t on template tokens and Â_t = −(f*∘g)′(P_f)·p_t on forget tokens."""
-    if divergence not in FLAT_DIVERGENCES:
-        raise ValueError(f"unknown FLAT divergence {divergence!r}; choose one of {', '.join(FLAT_DIVERGENCES)}")
+    one_of("flat", "divergence", divergence, FLAT_DIVERGENCES, "the f-divergences of FLAT's code, Neyman left out")
     return Sum((Term(1.0, Estimator(advantage=FlatTemplate(divergence), likelihood=_RETAIN_TOKENS), "template"),
                 Term(1.0, Estimator(advantage=FlatForget(divergence), likelihood=_FORGET_TOKENS), "forget")))
 
@@ -128,4 +137,7 @@ def safe_align(lam: float = 1.0, loss_threshold: float | None = None) -> Estimat
     sign = +1, red rows sign = −1; τ = ``loss_threshold`` (None: no gate, plain ascent). Strategy A
     ("Blue") is plain ``sft`` on blue + ShareGPT data. Parts: m = 1, π_den = sg π_θ, token unit,
     token mean, Â = +1 (blue) / −λ g_i (red)."""
+    non_negative("safe-align", "lam", lam, SAFE_ALIGN_LAM)
+    if loss_threshold is not None:
+        positive("safe-align", "loss_threshold", loss_threshold, SAFE_ALIGN_THRESHOLD)
     return Estimator(advantage=SafeAlignWeight(lam, loss_threshold), likelihood=Likelihood("token", TokenMean()))

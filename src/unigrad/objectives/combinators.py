@@ -8,14 +8,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from unigrad.batch import Batch
+from unigrad.estimator.checks import ParameterError, number, part
 from unigrad.estimator.protocols import Objective, Output
 
 
 @dataclass(frozen=True)
 class Term:
+    """One weighted objective of a ``Sum``; ``name`` prefixes its metrics."""
+
     weight: float
     objective: Objective
     name: str = ""
+
+    def __post_init__(self):
+        number(self, "weight", self.weight, "the multiple of its objective in the sum")
+        part(self, "objective", self.objective, "objective", "loss", "requires")
+        if not isinstance(self.name, str):
+            raise ParameterError(self, "name", self.name, "a string", "it prefixes the term's metrics")
 
 
 @dataclass(frozen=True)
@@ -23,6 +32,11 @@ class Sum:
     """L = Σ_i w_i L_i, with objective Σ_i w_i objective_i; metrics prefixed by each term's name."""
 
     terms: tuple[Term, ...]
+
+    def __post_init__(self):
+        if not isinstance(self.terms, (tuple, list)) or not self.terms or not all(isinstance(t, Term) for t in self.terms):
+            raise ParameterError(self, "terms", self.terms, "a non-empty sequence of Term(weight, objective, name)")
+        object.__setattr__(self, "terms", tuple(self.terms))      # a list would make the value unhashable
 
     @property
     def requires(self) -> frozenset[str]:

@@ -33,15 +33,23 @@ import torch
 from torch import Tensor
 
 from unigrad.batch import Batch
+from unigrad.estimator.checks import fraction, integer, number, one_of, positive, text
 from unigrad.estimator.protocols import Output
 
 SUPPORTS = ("bucket", "renormalise")
 _NEG = -1e30   # a finite stand-in for log 0 where −inf would make autograd produce nan
+BD_KD_DELTA = ("the weight of the favoured divergence (reverse KL where the student is flatter, forward KL "
+               "elsewhere); below 1 it would favour the other one, 1 is their plain sum")
+SUPPORT = "the teacher's top-k plus one bucket for the rest of the mass, or the top-k renormalised"
+JSD_BETA = "the mixture m = β p_T + (1 − β) p_S: 0 is forward KL, 1 reverse KL"
+SINKHORN_EPSILON = "the entropic regularisation of K = exp(−W/ε)"
+SINKHORN_ITERATIONS = "the number of Sinkhorn row and column normalisations"
+SINKHORN_TEMPERATURE = "the softmax temperature T of both distributions"
+PLD_LABEL = "the ranking starts with the data token y_t, or follows the teacher alone"
 
 
-def _check_support(support: str):
-    if support not in SUPPORTS:
-        raise ValueError(f"support must be one of {SUPPORTS}, got {support!r}")
+def _check_support(objective) -> None:
+    one_of(objective, "support", objective.support, SUPPORTS, SUPPORT)
 
 
 def _token_distributions(batch: Batch, support: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -118,9 +126,9 @@ class TokenDivergence:
     name: str = "kd-js"
 
     def __post_init__(self):
-        if not 0.0 <= self.beta <= 1.0:
-            raise ValueError(f"beta must be in [0, 1], got {self.beta}")
-        _check_support(self.support)
+        fraction(self, "beta", self.beta, JSD_BETA)
+        _check_support(self)
+        text(self, "name", self.name, "it names the method in metrics")
 
     requires = property(_support_requires)
 
@@ -143,9 +151,8 @@ class BalancedKD:
     support: str = "bucket"
 
     def __post_init__(self):
-        if self.delta < 0:
-            raise ValueError(f"delta must be >= 0, got {self.delta}")
-        _check_support(self.support)
+        number(self, "delta", self.delta, BD_KD_DELTA, low=1)
+        _check_support(self)
 
     requires = property(_support_requires)
 
@@ -185,8 +192,9 @@ class Sinkhorn:
     temperature: float = 2.0
 
     def __post_init__(self):
-        if self.epsilon <= 0 or self.temperature <= 0 or self.iterations < 1:
-            raise ValueError("sinkd needs epsilon > 0, temperature > 0 and iterations >= 1")
+        positive(self, "epsilon", self.epsilon, SINKHORN_EPSILON)
+        integer(self, "iterations", self.iterations, SINKHORN_ITERATIONS)
+        positive(self, "temperature", self.temperature, SINKHORN_TEMPERATURE)
 
     @property
     def requires(self) -> frozenset[str]:
@@ -228,8 +236,7 @@ class PlackettLuce:
     label: str = "token"
 
     def __post_init__(self):
-        if self.label not in ("token", "teacher"):
-            raise ValueError(f"label must be 'token' or 'teacher', got {self.label!r}")
+        one_of(self, "label", self.label, ("token", "teacher"), PLD_LABEL)
 
     @property
     def requires(self) -> frozenset[str]:

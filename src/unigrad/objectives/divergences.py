@@ -14,6 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from unigrad.estimator.checks import number, one_of
+
+ALPHA = "0 < alpha < 1 for the α-divergence; its limits are reverse_kl (α → 0) and forward_kl (α → 1)"
+
 
 class FDivergence(Protocol):
     """f′(u) and u·f″(u), both as functions of log u."""
@@ -64,8 +68,7 @@ class Alpha:
     alpha: float = 0.5
 
     def __post_init__(self):
-        if not 0 < self.alpha < 1:
-            raise ValueError(f"alpha-divergence needs 0 < alpha < 1, got alpha={self.alpha}")
+        number(self, "alpha", self.alpha, ALPHA, low=0, high=1, low_open=True, high_open=True)
 
     def fprime(self, log_u: Tensor) -> Tensor:
         return (1 - torch.exp(-self.alpha * log_u)) / self.alpha
@@ -79,6 +82,5 @@ DIVERGENCES = {"reverse_kl": ReverseKL, "forward_kl": ForwardKL, "js": JensenSha
 
 def divergence(name: str, alpha: float = 0.5) -> FDivergence:
     """The f-divergence called ``name`` (one of DIVERGENCES)."""
-    if name not in DIVERGENCES:
-        raise ValueError(f"unknown divergence {name!r}; choose one of {sorted(DIVERGENCES)}")
+    one_of("divergence", "name", name, DIVERGENCES, "the f-divergences of f-DPO's Table 1")
     return Alpha(alpha) if name == "alpha" else DIVERGENCES[name]()

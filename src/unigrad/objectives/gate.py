@@ -26,7 +26,11 @@ from torch import Tensor
 
 from unigrad.batch import Batch
 from unigrad.estimator.advantages.group import group_sums
+from unigrad.estimator.checks import fraction, number, part, text
 from unigrad.estimator.protocols import Objective, Output
+
+GAMMA = ("it is compared with a success rate P(q), the fraction of correct rollouts: the paper's gate of 2 correct "
+         "out of 8 is gamma = 0.25, and gamma = 1 already routes every prompt to SFT")
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,11 @@ class Gate:
     def __post_init__(self):
         if self.below is None or self.above is None:
             raise ValueError("Gate needs both objectives: below= (e.g. SFT) and above= (e.g. GRPO)")
+        part(self, "below", self.below, "objective", "loss", "requires")
+        part(self, "above", self.above, "objective", "loss", "requires")
+        fraction(self, "gamma", self.gamma, GAMMA)
+        text(self, "threshold_field", self.threshold_field, "the Batch.extra field holding each row's success rate")
+        number(self, "success_threshold", self.success_threshold, "a rollout succeeds when its reward is above it")
 
     @property
     def requires(self) -> frozenset[str]:

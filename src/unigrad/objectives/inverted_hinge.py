@@ -12,7 +12,8 @@ from unigrad.batch import Batch
 from unigrad.estimator.advantages.probability import TokenProbability
 from unigrad.estimator.core import Estimator
 from unigrad.estimator.likelihoods import Likelihood
-from unigrad.estimator.normalisers import Restrict, Rows, TokenMean, masked_rows
+from unigrad.estimator.checks import text
+from unigrad.estimator.normalisers import Restrict, Rows, TokenMean, check_rows, masked_rows
 from unigrad.estimator.protocols import Output
 
 
@@ -33,6 +34,10 @@ class InvertedHinge:
 
     field: str = "logp_top_other"
     rows: Rows = "negative"
+
+    def __post_init__(self):
+        text(self, "field", self.field, "the Batch.extra field with log max_{v≠y_t} π_θ(v)")
+        check_rows(self.rows, self)
 
     @property
     def requires(self) -> frozenset[str]:

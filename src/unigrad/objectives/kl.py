@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from unigrad.batch import Batch
+from unigrad.estimator.checks import one_of, part
 from unigrad.estimator.normalisers import SequenceMean, reduce_within
 from unigrad.estimator.protocols import Normaliser, Output
 
@@ -48,8 +49,8 @@ class KLPenalty:
     normaliser: Normaliser = SequenceMean()
 
     def __post_init__(self):
-        if self.estimator not in KL_ESTIMATORS:
-            raise ValueError(f"unknown KL estimator {self.estimator!r}; choose k1, k2 or k3")
+        one_of(self, "estimator", self.estimator, KL_ESTIMATORS, "the sampled estimates k1, k2 or k3 of Schulman 2020")
+        part(self, "normaliser", self.normaliser, "normaliser", "count", "within", "requires")
 
     @property
     def requires(self) -> frozenset[str]:

@@ -53,8 +53,11 @@ class Layout(Protocol):
     def backward(self, engine, loss: torch.Tensor) -> None:
         """Accumulate this micro-batch's gradient (the loss is already divided by the whole step's counts)."""
 
-    def update(self, engine, optimizer, params: list, max_grad_norm: float | None) -> float:
-        """Sum the gradients over processes, clip, update (collective); the gradient norm before clipping."""
+    skips_updates: bool   # whether ``update(..., skip=True)`` leaves weights and optimiser state unchanged
+
+    def update(self, engine, optimizer, params: list, max_grad_norm: float | None, skip: bool = False) -> float:
+        """Sum the gradients over processes, clip, update (collective); the gradient norm before clipping.
+        With ``skip``, or a non-finite norm, the update is not applied (where ``skips_updates``)."""
 
     def agree(self, flag: bool) -> bool:
         """Whether to take a path that must be the same on every process: ``flag`` on any (collective

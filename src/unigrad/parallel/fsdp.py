@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -28,6 +29,7 @@ class FSDP2:
     depends on the data (the shared-prompt forward) is taken when any process would take it (``agree``)."""
     procs: Processes
     reshard_after_forward: bool = True
+    skips_updates: ClassVar[bool] = True
 
     def prepare(self, model) -> ModelCall:
         from torch.distributed.fsdp import fully_shard
@@ -51,9 +53,9 @@ class FSDP2:
     def backward(self, engine, loss: torch.Tensor) -> None:
         loss.backward()
 
-    def update(self, engine, optimizer, params: list, max_grad_norm: float | None) -> float:
+    def update(self, engine, optimizer, params: list, max_grad_norm: float | None, skip: bool = False) -> float:
         """Clip and update the shards (backward already reduce-scattered the gradient sums)."""
-        return optim.apply_update(optimizer, params, max_grad_norm)
+        return optim.apply_update(optimizer, params, max_grad_norm, skip)
 
     def sampling_model(self, model):
         """A whole, frozen copy of the policy for generation, taken before sharding: decoding makes a

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -14,6 +15,7 @@ from unigrad.parallel.processes import Processes
 class Replicated:
     """Every process holds the whole model; gradients are summed in one all-reduce after backward."""
     procs: Processes
+    skips_updates: ClassVar[bool] = True
 
     def prepare(self, model) -> ModelCall:
         return ModelCall(model)
@@ -25,10 +27,10 @@ class Replicated:
     def backward(self, engine, loss: torch.Tensor) -> None:
         loss.backward()
 
-    def update(self, engine, optimizer, params: list, max_grad_norm: float | None) -> float:
+    def update(self, engine, optimizer, params: list, max_grad_norm: float | None, skip: bool = False) -> float:
         """Sum the gradients over processes, clip, update; the gradient norm before clipping."""
         self.procs.sum_gradients(params)
-        return optim.apply_update(optimizer, params, max_grad_norm)
+        return optim.apply_update(optimizer, params, max_grad_norm, skip)
 
     def agree(self, flag: bool) -> bool:
         """Whether to take a path that must be the same on every process (only sharded layouts care)."""

@@ -24,6 +24,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
@@ -91,6 +92,7 @@ class ZeRO:
     """DeepSpeed ZeRO (see the module doc). ``config``: the DeepSpeed config (``deepspeed_config``)."""
     procs: Processes
     config: dict = field(default_factory=dict)
+    skips_updates: ClassVar[bool] = False
 
     @property
     def stage(self) -> int:
@@ -111,8 +113,9 @@ class ZeRO:
     def backward(self, engine, loss: torch.Tensor) -> None:
         engine.backward(loss * self.procs.world, scale_wrt_gas=False)
 
-    def update(self, engine, optimizer, params: list, max_grad_norm: float | None) -> float:
-        """Reduce, clip and update (DeepSpeed); the gradient norm before clipping."""
+    def update(self, engine, optimizer, params: list, max_grad_norm: float | None, skip: bool = False) -> float:
+        """Reduce, clip and update (DeepSpeed); the gradient norm before clipping. DeepSpeed's engine
+        cannot skip an update (``skips_updates`` is False): the run stops at a non-finite step instead."""
         engine.step()
         norm = engine.get_global_grad_norm()
         return float(norm) if norm is not None else float("nan")

@@ -55,6 +55,8 @@ def _import(module: str, spec: str):
         return importlib.import_module(module)
     except ImportError as e:
         raise ValueError(f"reward {spec!r}: cannot import module {module!r} ({type(e).__name__}: {e})") from e
+    except Exception as e:  # noqa: BLE001 - the user's module failed while importing (a SyntaxError, its own errors)
+        raise ValueError(f"reward {spec!r}: importing module {module!r} failed ({type(e).__name__}: {e})") from e
 
 
 def _load_file(path: str, spec: str):
@@ -65,6 +67,8 @@ def _load_file(path: str, spec: str):
     if mod_name in sys.modules:
         return sys.modules[mod_name]
     loader_spec = importlib.util.spec_from_file_location(mod_name, full)
+    if loader_spec is None or loader_spec.loader is None:
+        raise ValueError(f"reward {spec!r}: {path} is not a Python file; give 'path/to/file.py:function'")
     module = importlib.util.module_from_spec(loader_spec)
     sys.modules[mod_name] = module
     try:

@@ -12,6 +12,7 @@ from typing import ClassVar
 import torch
 
 from unigrad.batch import Batch
+from unigrad.estimator.checks import number
 from unigrad.estimator.normalisers import Rows, check_rows, row_selector
 from unigrad.estimator.protocols import Weighted
 
@@ -22,6 +23,9 @@ class Constant:
 
     value: float = 1.0
     requires: ClassVar[frozenset[str]] = frozenset()
+
+    def __post_init__(self):
+        number(self, "value", self.value, "the advantage of every sequence")
 
     def __call__(self, batch: Batch) -> Weighted:
         return Weighted(torch.full((batch.logp.shape[0],), float(self.value), dtype=batch.logp.dtype,
@@ -50,7 +54,8 @@ class RowsConstant:
     requires: ClassVar[frozenset[str]] = frozenset({"sign"})
 
     def __post_init__(self):
-        check_rows(self.rows)
+        number(self, "value", self.value, "the advantage of the subset's rows")
+        check_rows(self.rows, self)
 
     def __call__(self, batch: Batch) -> Weighted:
         return Weighted(float(self.value) * row_selector(batch, self.rows))

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from unigrad.batch import Batch
+from unigrad.estimator.checks import flag, non_negative, number, one_of, positive
 from unigrad.estimator.protocols import Weighted
 
 
@@ -90,6 +91,10 @@ class GroupNormalised:
     unbiased: bool = True
     requires: ClassVar[frozenset[str]] = frozenset({"reward", "group"})
 
+    def __post_init__(self):
+        non_negative(self, "eps", self.eps, "it is added to the group's std; a negative eps can cancel it and divide by 0")
+        flag(self, "unbiased", self.unbiased, "divide the variance by n − 1 (true) or n (false)")
+
     def weight(self, step: Batch) -> Tensor:
         reward, group = _reward(step), step.require("group")
         return (reward - group_mean(reward, group)) / (group_std(reward, group, self.unbiased) + self.eps)
@@ -146,6 +151,10 @@ class Reinforce:
     batch_mean: bool = False
     requires: ClassVar[frozenset[str]] = frozenset({"reward"})
 
+    def __post_init__(self):
+        number(self, "baseline", self.baseline, "the constant b subtracted from every reward")
+        flag(self, "batch_mean", self.batch_mean, "use the batch's mean reward as the baseline")
+
     def weight(self, step: Batch) -> Tensor:
         reward = _reward(step)
         return reward - (reward.mean() if self.batch_mean else self.baseline)
@@ -177,8 +186,9 @@ class GlobalNormalised:
     eps: float = 1e-8
 
     def __post_init__(self):
-        if self.over not in ("token", "sequence"):
-            raise ValueError(f"GlobalNormalised.over must be 'token' or 'sequence', got {self.over!r}")
+        flag(self, "group_baseline", self.group_baseline, "subtract the prompt's mean reward first")
+        one_of(self, "over", self.over, ("token", "sequence"), "weigh each completion by its tokens or once")
+        positive(self, "eps", self.eps, "it bounds the variance from below; 0 divides a batch of equal rewards by 0")
 
     @property
     def requires(self) -> frozenset[str]:

@@ -12,8 +12,12 @@ from torch import Tensor
 
 from unigrad.batch import Batch
 from unigrad.estimator.advantages.group import group_mean
+from unigrad.estimator.checks import fraction, non_negative, one_of
+from unigrad.estimator.masks import CLAMP
 from unigrad.estimator.normalisers import reduce_within
 from unigrad.estimator.protocols import Weighted
+
+KL_BETA = "the KL penalty's coefficient; a negative one rewards drifting from the reference"
 
 
 def leftover_advantage(batch: Batch) -> Tensor:
@@ -54,8 +58,10 @@ class LeftoverAdvantage:
     kl_beta: float = 0.0
 
     def __post_init__(self):
-        if self.importance not in ("sequence", "token", "none"):
-            raise ValueError("importance must be 'sequence', 'token' or 'none'")
+        fraction(self, "clip", self.clip, CLAMP)
+        one_of(self, "importance", self.importance, ("sequence", "token", "none"),
+               "the importance weight per sequence (A-LoL), per token (A-LoL seq) or none (ref-free)")
+        non_negative(self, "kl_beta", self.kl_beta, KL_BETA)
 
     @property
     def requires(self) -> frozenset[str]:

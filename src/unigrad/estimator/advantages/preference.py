@@ -19,9 +19,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from unigrad.batch import Batch
+from unigrad.estimator.checks import non_negative, number, part, positive
 from unigrad.estimator.normalisers import reduce_within
 from unigrad.estimator.protocols import Weighted
 from unigrad.objectives.divergences import FDivergence, ReverseKL
+
+IMPLIED_BETA = "it scales the implied reward; a negative beta reverses the preference, zero removes it"
+ASFT_LAM = "it weighs the alignment terms; a negative lam rewards the rejected response"
 
 
 class Score(Protocol):
@@ -60,6 +64,9 @@ class ImpliedReward:
     within: ClassVar[str] = "sum"
     requires: ClassVar[frozenset[str]] = frozenset({"logp_ref"})
 
+    def __post_init__(self):
+        positive(self, "beta", self.beta, IMPLIED_BETA)
+
     def __call__(self, batch: Batch) -> tuple[Tensor, Tensor]:
         h = _log_ratio(batch, self.within)
         return self.beta * h, torch.full_like(h, self.beta)
@@ -75,6 +82,10 @@ class FDivergenceReward:
     within: ClassVar[str] = "sum"
     requires: ClassVar[frozenset[str]] = frozenset({"logp_ref"})
 
+    def __post_init__(self):
+        positive(self, "beta", self.beta, IMPLIED_BETA)
+        part(self, "divergence", self.divergence, "f-divergence", "fprime", "u_fsecond")
+
     def __call__(self, batch: Batch) -> tuple[Tensor, Tensor]:
         h = _log_ratio(batch, self.within)
         return self.beta * self.divergence.fprime(h), self.beta * self.divergence.u_fsecond(h)
@@ -87,6 +98,9 @@ class LengthNormalisedReward:
     beta: float = 2.0
     within: ClassVar[str] = "mean"
     requires: ClassVar[frozenset[str]] = frozenset()
+
+    def __post_init__(self):
+        positive(self, "beta", self.beta, "it scales the length-normalised reward; a negative beta reverses the preference")
 
     def __call__(self, batch: Batch) -> tuple[Tensor, Tensor]:
         s = self.beta * _stat(batch, self.within)
@@ -115,6 +129,9 @@ class Logistic:
 
     margin: float = 0.0
 
+    def __post_init__(self):
+        number(self, "margin", self.margin, "the target reward margin subtracted from the difference")
+
     def __call__(self, delta: Tensor) -> Tensor:
         return F.softplus(-(delta - self.margin))
 
@@ -127,6 +144,9 @@ class Squared:
     """ψ(Δ) = (Δ − target)²  (IPO, Azar et al. 2023, eq. 17, target = 1/(2τ))."""
 
     target: float = 0.0
+
+    def __post_init__(self):
+        number(self, "target", self.target, "the reward difference the squared loss pulls towards")
 
     def __call__(self, delta: Tensor) -> Tensor:
         return (delta - self.target) ** 2
@@ -159,6 +179,10 @@ class PairwisePreference:
     score: Score = ImpliedReward()
     link: Link = Logistic()
 
+    def __post_init__(self):
+        part(self, "score", self.score, "score", "__call__", "requires")
+        part(self, "link", self.link, "link", "__call__", "derivative")
+
     @property
     def requires(self) -> frozenset[str]:
         return frozenset({"group", "sign"}) | self.score.requires
@@ -189,6 +213,9 @@ class AbsoluteLikelihood:
 
     lam: float = 0.1
     requires: ClassVar[frozenset[str]] = frozenset({"group", "sign"})
+
+    def __post_init__(self):
+        non_negative(self, "lam", self.lam, ASFT_LAM)
 
     def __call__(self, batch: Batch) -> Weighted:
         pair_rows(batch.require("group"), batch.require("sign"))       # checks the pairs

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from unigrad.batch import Batch
-from unigrad.estimator.normalisers import Restrict, Rows, TokenMean, masked_rows
+from unigrad.estimator.checks import number, one_of
+from unigrad.estimator.normalisers import Restrict, Rows, TokenMean, check_rows, masked_rows
 from unigrad.estimator.protocols import Weighted
 
 
@@ -26,6 +27,10 @@ class TokenProbability:
     scale: float = -1.0
     rows: Rows = "negative"
     requires: ClassVar[frozenset[str]] = frozenset({"sign"})
+
+    def __post_init__(self):
+        number(self, "scale", self.scale, "the multiple of p(y_t) in the loss")
+        check_rows(self.rows, self)
 
     def __call__(self, batch: Batch) -> Weighted:
         return Weighted(self.scale * torch.exp(batch.logp.detach()) * masked_rows(batch, self.rows))
@@ -72,7 +77,7 @@ class FlatTemplate:
     requires: ClassVar[frozenset[str]] = frozenset({"sign"})
 
     def __post_init__(self):
-        _flat_functions(self.divergence)
+        one_of(self, "divergence", self.divergence, FLAT_DIVERGENCES, "the f-divergences of FLAT's code, Neyman left out")
 
     def __call__(self, batch: Batch) -> Weighted:
         g, dg, _, _ = _flat_functions(self.divergence)
@@ -89,7 +94,7 @@ class FlatForget:
     requires: ClassVar[frozenset[str]] = frozenset({"sign"})
 
     def __post_init__(self):
-        _flat_functions(self.divergence)
+        one_of(self, "divergence", self.divergence, FLAT_DIVERGENCES, "the f-divergences of FLAT's code, Neyman left out")
 
     def __call__(self, batch: Batch) -> Weighted:
         _, _, h, dh = _flat_functions(self.divergence)

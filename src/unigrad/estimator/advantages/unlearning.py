@@ -14,11 +14,17 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from unigrad.batch import Batch
+from unigrad.estimator.checks import non_negative, number, one_of, positive
 from unigrad.estimator.normalisers import (
     Restrict, Rows, SequenceSum, TokenMean, check_rows, masked_rows, reduce_within, row_selector,
 )
 from unigrad.estimator.protocols import Weighted
 from unigrad.objectives.kl import kl_estimate
+
+RETAIN_KL = "k1's gradient through ℓ is plain ascent on the retain data, not a pull towards the reference"
+SAFE_ALIGN_LAM = "it weighs the ascent on harmful rows; a negative lam trains on them"
+SAFE_ALIGN_THRESHOLD = ("a harmful row is ascended while its mean NLL is below it; a mean NLL is ≥ 0, so a threshold "
+                        "≤ 0 never lets one through (None: no gate)")
 
 
 @dataclass(frozen=True)
@@ -39,9 +45,10 @@ class LogSigmoidRatio:
     requires: ClassVar[frozenset[str]] = frozenset({"sign", "logp_ref"})
 
     def __post_init__(self):
-        check_rows(self.rows)
-        if self.direction not in (-1, 1):
-            raise ValueError("direction must be +1 or -1")
+        positive(self, "beta", self.beta, "the inverse temperature of σ(d·β·h); a negative beta swaps the two sides")
+        one_of(self, "direction", self.direction, (-1, 1), "d = +1 pushes h up (data rows), −1 down (forget or reference rows)")
+        number(self, "scale", self.scale, "the multiple of −log σ in the loss")
+        check_rows(self.rows, self)
 
     def __call__(self, batch: Batch) -> Weighted:
         mask = batch.mask.to(batch.logp.dtype)
@@ -71,10 +78,8 @@ class ReferenceKL:
     requires: ClassVar[frozenset[str]] = frozenset({"sign", "logp_ref"})
 
     def __post_init__(self):
-        check_rows(self.rows)
-        if self.estimator not in ("k2", "k3"):
-            raise ValueError(f"retain KL estimator must be 'k2' or 'k3' (k1's gradient through ℓ is "
-                             f"plain ascent on the retain data), got {self.estimator!r}")
+        one_of(self, "estimator", self.estimator, ("k2", "k3"), RETAIN_KL)
+        check_rows(self.rows, self)
 
     def __call__(self, batch: Batch) -> Weighted:
         logp, logp_ref = batch.logp.detach(), batch.require("logp_ref").detach()
@@ -94,6 +99,11 @@ class SafeAlignWeight:
     lam: float = 1.0
     loss_threshold: float | None = None
     requires: ClassVar[frozenset[str]] = frozenset({"sign"})
+
+    def __post_init__(self):
+        non_negative(self, "lam", self.lam, SAFE_ALIGN_LAM)
+        if self.loss_threshold is not None:
+            positive(self, "loss_threshold", self.loss_threshold, SAFE_ALIGN_THRESHOLD)
 
     def gate(self, batch: Batch) -> Tensor:
         if self.loss_threshold is None:
