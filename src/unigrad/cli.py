@@ -39,9 +39,12 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--debug", action="store_true", help="show tracebacks")
     commands.add_parser("methods", help="list every method with its four parts")
     _add_eval_parser(commands)
-    report = commands.add_parser("report", help="plots and an index.html of a training run's metrics")
-    report.add_argument("run_dir", help="a run's output_dir (holding metrics.jsonl)")
+    report = commands.add_parser("report", help="plots and an index.html of a training run's metrics; several runs overlaid")
+    report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="a run's output_dir (holding metrics.jsonl)")
+    report.add_argument("--out", help="where to write (default: RUN_DIR/report; several runs: the first's parent/report-compare)")
+    report.add_argument("--labels", nargs="+", help="with several runs: a name for each, in order (default: folder names)")
     report.add_argument("--debug", action="store_true", help="show tracebacks")
+    _add_repro_parser(commands)
     from unigrad.diagnostics import add_diagnose_command
     from unigrad.merge import add_merge_command
     add_merge_command(commands)        # `unigrad merge`, `unigrad diagnose`: each sets its own handler
@@ -220,9 +223,58 @@ def _eval(args) -> int:
     return 0
 
 
+def _add_repro_parser(commands) -> None:
+    repro = commands.add_parser("repro", help="reproduce the papers' claims at laptop scale, beside the papers' numbers")
+    repro.add_argument("names", nargs="*", help="reproductions to run (all: every one; see --list)")
+    repro.add_argument("--list", action="store_true", help="every reproduction, its claim and its last verdict")
+    repro.add_argument("--quick", action="store_true", help="one seed, fewer steps: each in at most 10 minutes on 2 CPU cores")
+    repro.add_argument("--tiny", action="store_true", help="a tiny random model, seconds: checks that it runs (numbers meaningless)")
+    repro.add_argument("--seeds", type=int, help="number of seeds (default: 1 with --quick/--tiny, else each one's full setting)")
+    repro.add_argument("--out", default="runs/repro", help="where results go (default runs/repro)")
+    repro.add_argument("--page", metavar="PATH", help="write the results page (docs/REPRODUCTIONS.md) from the last full runs in --out")
+    repro.add_argument("--no-progress", action="store_true", help="no progress bars")
+    repro.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def _repro(args) -> int:
+    from unigrad import repro
+    from unigrad.repro.runner import listing, results_page, run_one, write_index
+    if args.list:
+        print(listing(args.out))
+        return 0
+    if not args.names and not args.page:
+        raise ConfigError("unigrad repro: name the reproductions to run (or all); --list shows them")
+    chosen = repro.names() if args.names == ["all"] else args.names
+    for name in chosen:
+        repro.get(name) if name in repro.REGISTRY else _unknown_reproduction(name)
+    scale = repro.Scale(quick=args.quick, tiny=args.tiny, seeds=args.seeds, progress=not args.no_progress)
+    for name in chosen:
+        result = run_one(repro.get(name), args.out, scale)
+        print(f"{name}: {result['verdict']} — {result['ours']} ({result['wall_seconds']:.0f} s)\n"
+              f"    {args.out}/{name}/index.html")
+    if chosen:
+        print(f"index: {write_index(args.out)}")
+    if args.page:
+        print(f"results page: {results_page(args.out, args.page)}")
+    return 0
+
+
+def _unknown_reproduction(name: str):
+    from unigrad.repro import names
+    raise ConfigError(f"unigrad repro: unknown reproduction {name!r}; known: {', '.join(names())} (or all)")
+
+
 def _report(args) -> int:
-    from unigrad.report import write_report
-    print(write_report(args.run_dir))
+    """One run: its report (in RUN_DIR/report or --out); several: one page overlaying them."""
+    from pathlib import Path
+    from unigrad.report import write_comparison, write_report
+    if len(args.run_dirs) == 1:
+        if args.labels:
+            raise ConfigError("unigrad report: --labels names the runs of a comparison; give two or more RUN_DIRs")
+        print(write_report(args.run_dirs[0], args.out))
+        return 0
+    out = args.out or Path(args.run_dirs[0]).resolve().parent / "report-compare"
+    print(write_comparison(args.run_dirs, out, args.labels))
     return 0
 
 
@@ -241,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     quiet_accelerator_notice()
     if args.command == "train" and args.nproc > 1 and "WORLD_SIZE" not in os.environ:
         return _relaunch(args, list(sys.argv[1:] if argv is None else argv))
-    handler = {"train": _train, "methods": _methods, "eval": _eval, "report": _report}.get(args.command) or args.handler
+    handler = {"train": _train, "methods": _methods, "eval": _eval, "report": _report, "repro": _repro}.get(args.command) or args.handler
     try:
         check()     # an installed dependency older than unigrad needs: say which, before it fails obscurely
         return handler(args)

@@ -99,6 +99,15 @@ class ReferenceConfig:
 
 
 @dataclass(frozen=True)
+class GradientConfig:
+    """How a step's gradient is obtained (``unigrad.gradients``): backprop, or MeZO's forward-only
+    SPSA estimate (``samples`` estimates averaged per step, perturbation scale ``eps``)."""
+    name: Literal["backprop", "mezo"] = "backprop"
+    samples: int = 1
+    eps: float = 1e-3
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     steps: int = 100
     batch_size: int = 8                      # examples (pairs for `pairs`) per optimiser step
@@ -126,7 +135,7 @@ class TrainConfig:
     log_every: int = 1
     tensorboard: bool = True
     threads: Union[int, None] = None         # torch CPU threads
-    gradient_estimator: Literal["backprop"] = "backprop"        # how the step's gradient is obtained
+    gradient: GradientConfig = field(default_factory=GradientConfig)   # how the step's gradient is obtained
     update_rule: Literal["optimizer_step"] = "optimizer_step"   # how gradients become new parameters
 
 

@@ -24,7 +24,7 @@ from unigrad.data.prompts import load_prompt_splits
 from unigrad.data.sources import resolve_data_path
 from unigrad.evaluate import evaluate_greedy, evaluate_objective
 from unigrad.experience import DatasetSource, OnPolicySamples, RolloutSource, Split, demonstration_rows
-from unigrad.gradients import estimator
+from unigrad.gradients import SeededSGD, estimator
 from unigrad.guards import NonFiniteGuard, fingerprint
 from unigrad.logprobs.producers import BestOtherToken, TeacherSupport, TokenLogprobs, choose_producer
 from unigrad.methods.compose import build_objective
@@ -136,6 +136,34 @@ def _apply_lora(model, config: RunConfig, train_split: Split | None, pad_id: int
     return model
 
 
+def check_gradient(config: RunConfig) -> None:
+    """A zeroth-order estimate perturbs whole parameter tensors on every process in step: refused
+    where a process holds only a shard of them, or where updates happen inside backward."""
+    t = config.train
+    if t.gradient.name == "backprop":
+        return
+    if t.fsdp or t.deepspeed or t.optimizer_in_backward:
+        raise ConfigError(f"train.gradient.name={t.gradient.name}: not with train.fsdp, train.deepspeed or "
+                          "train.optimizer_in_backward (it perturbs whole parameters and needs no backward); "
+                          "run it replicated")
+    if t.gradient.samples < 1:
+        raise ConfigError(f"train.gradient.samples={t.gradient.samples}: the number of SPSA estimates averaged per "
+                          "step must be at least 1")
+    if not t.gradient.eps > 0:
+        raise ConfigError(f"train.gradient.eps={t.gradient.eps}: the perturbation scale ε of θ ± εz must be > 0")
+
+
+def _gradient_and_update(config: RunConfig, model, params, optimizer, procs):
+    """The gradient estimator and update rule: MeZO with plain SGD is MeZO-SGD, applied from the
+    seeds without gradient tensors; with any other optimiser the estimate goes through ``.grad``."""
+    t = config.train
+    in_place = t.gradient.name == "mezo" and t.optimizer == "sgd" and t.update_rule == "optimizer_step"
+    gradients = estimator(t.gradient, model, params, procs, t.seed, into_grad=not in_place)
+    if in_place:
+        return gradients, SeededSGD(params, optimizer, gradients, t.weight_decay)
+    return gradients, update_rule(t.update_rule)
+
+
 def assemble(config: RunConfig) -> Run:
     t, d, online = config.train, config.data, config.data.format == "prompts"
     procs = processes()
@@ -146,6 +174,7 @@ def assemble(config: RunConfig) -> Run:
         raise ConfigError(f"train.batch_size ({t.batch_size}) must be a multiple of processes × train.grad_accum "
                           f"({procs.world} × {t.grad_accum})")
     check_in_backward(t, procs.world)
+    check_gradient(config)
     objective = build_objective(config.method)
     out_dir = Path(config.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -219,11 +248,12 @@ def assemble(config: RunConfig) -> Run:
 
         def held_out(loss_of) -> dict:
             return evaluate_objective(loss_of, model, eval_split, t.eval_batch_size, device) if eval_split else {}
+    params = [p for p in model.parameters() if p.requires_grad]
+    gradients, update = _gradient_and_update(config, model, params, optimizer, procs)
     skips = layout.skips_updates and not t.optimizer_in_backward   # else a non-finite step cannot be undone
     data = ([(e.prompt_ids, e.answer, e.demonstration) for e in train_prompts] if online else
             [(s.prompt_ids, s.completion_ids, s.group, s.sign, s.meta.get("fields")) for s in train_split.sequences])
-    return Run(config, procs, device, layout, model, tokenizer, engine, optimizer,
-               [p for p in model.parameters() if p.requires_grad], objective,
+    return Run(config, procs, device, layout, model, tokenizer, engine, optimizer, params, objective,
                choose_producer(objective.requires, candidates), reference, source, held_out,
-               estimator(t.gradient_estimator), update_rule(t.update_rule), out_dir,
+               gradients, update, out_dir,
                NonFiniteGuard(t.max_nonfinite_steps if skips else 1), fingerprint(data))

@@ -70,10 +70,11 @@ def optimise(run: Run, experience: Experience, step: int) -> tuple[StepSums, flo
     loss_of = StepLoss(run)
     micro_batches = [lambda chunk=chunk: loss_of(experience, experience.rows_of(chunk), whole) for chunk in mine]
 
-    latest = []
+    latest, calls = [], [0]
 
-    def gradients() -> StepSums:
-        latest[:] = [run.gradients(micro_batches, lambda loss: run.layout.backward(run.engine, loss))]
+    def gradients() -> StepSums:   # key: (step, call) — an estimator's random draws repeat on resume
+        key, calls[0] = step * 64 + calls[0], calls[0] + 1
+        latest[:] = [run.gradients(micro_batches, lambda loss: run.layout.backward(run.engine, loss), key)]
         return latest[0]
 
     def apply() -> float:   # a non-finite loss on any process: no process applies the step

@@ -1,20 +1,26 @@
-"""Gradient estimators: how a step's objective becomes gradients in ``param.grad``.
+"""Gradient estimators: how a step's objective becomes a gradient.
 
 The loop hands an estimator the step's micro-batches as closures; the estimator leaves the step's
 gradient (summed over micro-batches, before the processes' reduction) in the trainable parameters'
-``.grad`` and returns the step's sums. Backprop is the first estimator; estimators that need only
-objective values (zeroth-order SPSA/MeZO, ranking oracles, evolution strategies) plug in here.
+``.grad`` — or, for MeZO-SGD, as a seeded direction its update rule applies — and returns the step's
+sums. ``backprop``: reverse-mode autograd. ``mezo``: SPSA from forward passes only (``mezo.py``).
 """
 from __future__ import annotations
 
 from unigrad.gradients.backprop import Backprop
 from unigrad.gradients.base import GradientEstimator, StepSums
+from unigrad.gradients.mezo import MeZO, SeededDirection, SeededSGD
 
 
-def estimator(name: str = "backprop") -> GradientEstimator:
-    if name == "backprop":
+def estimator(config, model=None, params=(), procs=None, seed: int = 0, into_grad: bool = True) -> GradientEstimator:
+    """The estimator ``config`` (``train.gradient``) names, over the trainable ``params`` of ``model``."""
+    if config.name == "backprop":
         return Backprop()
-    raise ValueError(f"unknown gradient estimator {name!r}; available: backprop")
+    if config.name == "mezo":
+        return MeZO(model, list(params), config.samples, config.eps, seed,
+                    procs.sum if procs is not None else (lambda value: value), procs.world if procs is not None else 1,
+                    into_grad)
+    raise ValueError(f"unknown gradient estimator {config.name!r}; available: backprop, mezo")
 
 
-__all__ = ["Backprop", "GradientEstimator", "StepSums", "estimator"]
+__all__ = ["Backprop", "GradientEstimator", "MeZO", "SeededDirection", "SeededSGD", "StepSums", "estimator"]

@@ -11,7 +11,7 @@ class Backprop:
     """g = Σ_i ∇_θ L_i over the step's micro-batches i: each surrogate L_i is already divided by
     the whole step's counts (``Batch.step``), so the sum is the step's gradient exactly."""
 
-    def __call__(self, micro_batches, backward):
+    def __call__(self, micro_batches, backward, key: int = 0):
         sums = StepSums()
         for loss_of in micro_batches:
             out, tokens = loss_of()

@@ -14,10 +14,13 @@ class StepSums:
     objective: float = 0.0          # Σ canonical objective values
     tokens: int = 0                 # sequence tokens forwarded
     metrics: dict = field(default_factory=dict)   # mean over micro-batches
+    direction: object = None        # a zeroth-order estimate's seeded direction (``mezo.SeededDirection``)
 
 
 @runtime_checkable
 class GradientEstimator(Protocol):
     def __call__(self, micro_batches: list[Callable[[], tuple[object, int]]],
-                 backward: Callable[[Tensor], None]) -> StepSums:
-        """``micro_batches[i]()`` -> (Output, tokens) of micro-batch i; ``backward(loss)`` the layout's backward."""
+                 backward: Callable[[Tensor], None], key: int = 0) -> StepSums:
+        """``micro_batches[i]()`` -> (Output, tokens) of micro-batch i; ``backward(loss)`` the layout's
+        backward; ``key`` distinguishes the calls of a run (step and call), for estimators that draw
+        random perturbations: the same key, the same draw, so a resumed run repeats them."""

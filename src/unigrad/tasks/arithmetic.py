@@ -31,6 +31,10 @@ import random
 from dataclasses import dataclass
 
 INSTRUCTION = "Give the final answer as <answer>number</answer>."
+WORDINGS = {   # the prompt around an expression: "question" is the training wording, the others test transfer
+    "question": "What is {expression}? " + INSTRUCTION,
+    "imperative": "Calculate {expression} and write the result between <answer> and </answer>.",
+}
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,13 @@ def solve(nums: list[int], ops: list[str]) -> tuple[int, list[str]]:
     return nums[0], steps
 
 
+def reworded(record: dict, wording: str) -> dict:
+    """The same problem with its prompt in another wording (a key of ``WORDINGS``)."""
+    if wording not in WORDINGS:
+        raise ValueError(f"wording must be one of {sorted(WORDINGS)}, got {wording!r}")
+    return {**record, "prompt": WORDINGS[wording].format(expression=record["expression"])}
+
+
 def make_problem(rng: random.Random, difficulty: int = DEFAULT_DIFFICULTY) -> dict:
     """One ``prompts`` record: prompt, answer, demonstration (and the bare expression, difficulty)."""
     nums, ops = _draw(rng, _level(difficulty))
@@ -103,7 +114,7 @@ def make_problem(rng: random.Random, difficulty: int = DEFAULT_DIFFICULTY) -> di
     value, steps = solve(nums, ops)
     demonstration = " ".join(f"{s}." for s in steps) + f" The answer is <answer>{value}</answer>."
     return {
-        "prompt": f"What is {expr}? {INSTRUCTION}",
+        "prompt": WORDINGS["question"].format(expression=expr),
         "answer": str(value),
         "demonstration": demonstration,
         "expression": expr,
@@ -150,5 +161,5 @@ def write_jsonl(records: list[dict], path: str | os.PathLike) -> str:
     return path
 
 
-__all__ = ["DEFAULT_DIFFICULTY", "INSTRUCTION", "LEVELS", "expression", "generate", "make_problem", "make_splits",
+__all__ = ["DEFAULT_DIFFICULTY", "INSTRUCTION", "LEVELS", "WORDINGS", "reworded", "expression", "generate", "make_problem", "make_splits",
            "solve", "write_jsonl"]
