@@ -100,11 +100,14 @@ class ReferenceConfig:
 
 @dataclass(frozen=True)
 class GradientConfig:
-    """How a step's gradient is obtained (``unigrad.gradients``): backprop, or MeZO's forward-only
-    SPSA estimate (``samples`` estimates averaged per step, perturbation scale ``eps``)."""
-    name: Literal["backprop", "mezo"] = "backprop"
+    """How a step's gradient is obtained (``unigrad.gradients``): backprop; MeZO's forward-only SPSA
+    estimate (``samples`` estimates averaged per step, perturbation scale ``eps``); or ZO-RankSGD's
+    direction from ``samples`` perturbed points ranked by the objective (scale ``eps``, the best
+    ``top`` revealed; null: all)."""
+    name: Literal["backprop", "mezo", "zo-rank"] = "backprop"
     samples: int = 1
     eps: float = 1e-3
+    top: Union[int, None] = None
 
 
 @dataclass(frozen=True)
@@ -136,7 +139,7 @@ class TrainConfig:
     tensorboard: bool = True
     threads: Union[int, None] = None         # torch CPU threads
     gradient: GradientConfig = field(default_factory=GradientConfig)   # how the step's gradient is obtained
-    update_rule: Literal["optimizer_step"] = "optimizer_step"   # how gradients become new parameters
+    update_rule: Literal["optimizer_step", "extragradient"] = "optimizer_step"   # how gradients become new parameters
 
 
 @dataclass(frozen=True)

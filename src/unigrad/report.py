@@ -447,8 +447,13 @@ def _document(title: str, body: list[str]) -> str:
 
 def _headline(run: Run) -> str:
     if not run.outcome:
-        return ("<p>No held-out metrics in metrics.jsonl (the training loop logs them as eval/... at step 0 and at "
-                "the end when the run has an eval split).</p>")
+        missing = ("<p class='small'>No held-out metrics in metrics.jsonl (the training loop logs them as eval/... at "
+                   "step 0 and at the end when the run has an eval split).</p>")
+        scores = _evaluated(run)
+        if not scores:
+            return missing
+        shown = " · ".join(f"<b>{html.escape(k)}</b> {fmt_value(float(v))}" for k, v in scores.items())
+        return f"<p class='headline'>final model (eval.json): {shown}</p>" + missing
     key = run.outcome[0]
     better = " (lower is better)" if _lower_is_better(key) else ""
     return f"<p class='headline'>held-out <b>{html.escape(key)}</b>: {html.escape(before_after(run.series[key]))}{better}</p>"
@@ -539,18 +544,31 @@ def _labels(folders: list[Path], labels: list[str] | None) -> list[str]:
     return names
 
 
+def _evaluated(run: Run) -> dict[str, float]:
+    """The scores in a run's eval.json (``unigrad eval --out``, or a reproduction's evaluation of the final
+    model): its numeric accuracy, pass@k, reward and objective entries."""
+    if not isinstance(run.evaluation, dict):
+        return {}
+    return {k: v for k, v in run.evaluation.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+            and family_of(k).slug in OUTCOME_FAMILIES}
+
+
 def _comparison_table(runs: list[Run]) -> str:
-    """One row per run: its held-out metrics before → after (the union of the runs' outcome metrics)."""
+    """One row per run: its held-out metrics before → after (the union of the runs' eval/ outcome
+    metrics), then the final model's scores from eval.json where the runs have one."""
     keys = outcome_keys(dict.fromkeys(k for run in runs for k in run.outcome))
+    scores = list(dict.fromkeys(k for run in runs for k in _evaluated(run)))
+    if not keys and not scores:
+        return "<p>None of the runs logged held-out (eval/) metrics or has an eval.json.</p>"
     rows = []
     for run in runs:
-        cells = [f"<td><span style='color:{_hex(run.colour)}'>■</span> {html.escape(run.label)}</td>",
-                 f"<td>{html.escape(str(run.folder))}</td>"]
-        cells += [f"<td>{html.escape(before_after(run.series[k])) if k in run.series else '—'}</td>" for k in keys]
-        rows.append("<tr>" + "".join(cells) + "</tr>")
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in ["run", "folder", *keys])
-    if not keys:
-        return "<p>None of the runs logged held-out (eval/) metrics.</p>"
+        evaluated = _evaluated(run)
+        cells = [f"<span style='color:{_hex(run.colour)}'>■</span> {html.escape(run.label)}", html.escape(str(run.folder))]
+        cells += [html.escape(before_after(run.series[k])) if k in run.series else "—" for k in keys]
+        cells += [fmt_value(float(evaluated[k])) if k in evaluated else "—" for k in scores]
+        rows.append("<tr>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>")
+    header = ["run", "folder", *keys, *(f"{k} (eval.json)" for k in scores)]
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
 

@@ -24,7 +24,7 @@ from unigrad.data.prompts import load_prompt_splits
 from unigrad.data.sources import resolve_data_path
 from unigrad.evaluate import evaluate_greedy, evaluate_objective
 from unigrad.experience import DatasetSource, OnPolicySamples, RolloutSource, Split, demonstration_rows
-from unigrad.gradients import SeededSGD, estimator
+from unigrad.gradients import ZEROTH_ORDER, SeededSGD, estimator
 from unigrad.guards import NonFiniteGuard, fingerprint
 from unigrad.logprobs.producers import BestOtherToken, TeacherSupport, TokenLogprobs, choose_producer
 from unigrad.methods.compose import build_objective
@@ -33,7 +33,7 @@ from unigrad.optim import check_in_backward, make_optimizer
 from unigrad.parallel import choose_layout, processes
 from unigrad.reference import Reference
 from unigrad.roles import INITIAL_POLICY, Role, load_role
-from unigrad.updates import update_rule
+from unigrad.updates import check_update_rule, update_rule
 
 log = logging.getLogger("unigrad")
 
@@ -146,22 +146,28 @@ def check_gradient(config: RunConfig) -> None:
         raise ConfigError(f"train.gradient.name={t.gradient.name}: not with train.fsdp, train.deepspeed or "
                           "train.optimizer_in_backward (it perturbs whole parameters and needs no backward); "
                           "run it replicated")
-    if t.gradient.samples < 1:
-        raise ConfigError(f"train.gradient.samples={t.gradient.samples}: the number of SPSA estimates averaged per "
-                          "step must be at least 1")
+    least = 2 if t.gradient.name == "zo-rank" else 1
+    if t.gradient.samples < least:
+        raise ConfigError(f"train.gradient.samples={t.gradient.samples}: {t.gradient.name} needs at least {least} "
+                          + ("perturbed points to rank" if least == 2 else "SPSA estimate per step"))
+    top = t.gradient.top
+    if top is not None and not 1 <= top <= t.gradient.samples:
+        raise ConfigError(f"train.gradient.top={top}: the ranking reveals the best k of the "
+                          f"{t.gradient.samples} points, 1 ≤ k ≤ samples")
     if not t.gradient.eps > 0:
         raise ConfigError(f"train.gradient.eps={t.gradient.eps}: the perturbation scale ε of θ ± εz must be > 0")
 
 
 def _gradient_and_update(config: RunConfig, model, params, optimizer, procs):
-    """The gradient estimator and update rule: MeZO with plain SGD is MeZO-SGD, applied from the
-    seeds without gradient tensors; with any other optimiser the estimate goes through ``.grad``."""
+    """The gradient estimator and update rule: a zeroth-order estimate with plain SGD (MeZO-SGD) is
+    applied from the seeds without gradient tensors; with any other optimiser it goes through ``.grad``.
+    Extragradient takes its two optimiser steps on ``params`` through ``optimizer``."""
     t = config.train
-    in_place = t.gradient.name == "mezo" and t.optimizer == "sgd" and t.update_rule == "optimizer_step"
+    in_place = t.gradient.name in ZEROTH_ORDER and t.optimizer == "sgd" and t.update_rule == "optimizer_step"
     gradients = estimator(t.gradient, model, params, procs, t.seed, into_grad=not in_place)
     if in_place:
         return gradients, SeededSGD(params, optimizer, gradients, t.weight_decay)
-    return gradients, update_rule(t.update_rule)
+    return gradients, update_rule(t.update_rule, params, optimizer, procs.sum)
 
 
 def assemble(config: RunConfig) -> Run:
@@ -175,6 +181,7 @@ def assemble(config: RunConfig) -> Run:
                           f"({procs.world} × {t.grad_accum})")
     check_in_backward(t, procs.world)
     check_gradient(config)
+    check_update_rule(t.update_rule, layout, t.optimizer_in_backward)
     objective = build_objective(config.method)
     out_dir = Path(config.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -27,3 +27,17 @@ def spsa(f: Callable[[torch.Tensor], float], theta: torch.Tensor, directions: li
 def mezo_sgd_step(theta: torch.Tensor, estimate: torch.Tensor, lr: float) -> torch.Tensor:
     """MeZO's Algorithm 1, last line (no weight decay): θ ← θ − η ĝ."""
     return theta.to(torch.float64) - lr * estimate
+
+
+def zo_rank_direction(values: list[float], directions: list[torch.Tensor], k: int) -> torch.Tensor:
+    """ZO-RankSGD (Tang et al. 2024, Algorithm 1): the oracle reveals the order of the best k points
+    (lower value ranks higher); E holds (i, j), i above j, for i, j both in the top k and for i in the
+    top k, j outside it; S = (1/|E|) Σ_{(i,j)∈E} (ξ_j − ξ_i). Built edge by edge."""
+    m = len(values)
+    order = sorted(range(m), key=lambda i: (values[i], i))
+    top, rest = order[:k], order[k:]
+    edges = [(top[a], top[b]) for a in range(k) for b in range(a + 1, k)] + [(i, j) for i in top for j in rest]
+    direction = torch.zeros_like(directions[0], dtype=torch.float64)
+    for i, j in edges:
+        direction += directions[j].to(torch.float64) - directions[i].to(torch.float64)
+    return direction / len(edges)

@@ -37,6 +37,15 @@ def test_mezo_trains_each_kind_of_method(tmp_path, config):
     assert moved > 0
 
 
+def test_zo_rank_trains_through_the_loop(tmp_path):
+    out = tmp_path / "zo-rank"
+    train(load_config(str(ROOT / "configs" / "tiny-dpo.yaml"),
+                      [*MEZO, "train.gradient.name=zo-rank", "train.gradient.samples=4", "train.gradient.top=2",
+                       "train.steps=2", "data.eval=null", f"output_dir={out}"]), progress=False)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert sum("best_query_objective" in row for row in rows) == 2
+
+
 def test_mezo_sgd_holds_no_gradients_and_mezo_adam_uses_the_optimiser(tmp_path):
     from unigrad.train import optimise
     base = [*MEZO, "train.steps=1", "data.eval=null"]
@@ -65,7 +74,9 @@ def test_mezo_run_resumes_to_the_uninterrupted_weights(tmp_path):
 
 @pytest.mark.parametrize("override, message", [("train.gradient.samples=0", "at least 1"),
                                                ("train.gradient.eps=0", "must be > 0"),
-                                               ("train.optimizer_in_backward=true", "replicated")])
+                                               ("train.optimizer_in_backward=true", "replicated"),
+                                               ("train.gradient.name=zo-rank", "at least 2"),
+                                               ("train.gradient.top=3", "1 ≤ k ≤ samples")])
 def test_mezo_settings_refused_with_the_reason(tmp_path, override, message):
     config = load_config(str(ROOT / "configs" / "tiny-dpo.yaml"),
                          [*MEZO, override, "train.max_grad_norm=null", f"output_dir={tmp_path}"])

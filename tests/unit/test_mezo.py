@@ -95,3 +95,33 @@ def test_mezo_skips_a_non_finite_estimate():
     _, norm = SeededSGD([model.w, model.b], torch.optim.SGD([model.w], lr=0.1), mezo)(0, lambda: mezo(bad, None, 0), None)
     assert math.isnan(norm)
     torch.testing.assert_close(model.flat(), before, rtol=0, atol=1e-14)
+
+
+def test_zo_rank_direction_is_the_papers_dag_sum_for_every_k():
+    from tests.canonical.zeroth_order import zo_rank_direction
+    from unigrad.gradients import ZORank
+    for k in (None, 1, 3, 6):
+        model = Quadratic()
+        before = model.flat().clone()
+        rank = ZORank(model, [model.w, model.b], queries=6, mu=1e-2, top=k, seed=2)
+        rank(model.micro_batches(), None, key=5)
+        direction = torch.cat([model.w.grad.flatten(), model.b.grad])
+        probe = MeZO(model, [model.w, model.b], samples=6, seed=2)
+        zs = directions(model, probe, 5)
+        values = [model.f(before + 1e-2 * z) for z in zs]
+        torch.testing.assert_close(direction, zo_rank_direction(values, zs, k or 6), rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(model.flat(), before, rtol=0, atol=1e-14)
+
+
+def test_zo_rank_expected_direction_is_the_gradients():
+    """Tang et al., Lemma 1/Thm. 1: for small μ, E[S] is a positive multiple of ∇f (S ranks descent)."""
+    from unigrad.gradients import ZORank
+    model = Quadratic(d1=(3, 3), d2=3)
+    truth = model.gradient()
+    total = torch.zeros_like(truth)
+    rank = ZORank(model, [model.w, model.b], queries=5, mu=1e-4, seed=0)
+    for key in range(3000):
+        rank(model.micro_batches(), None, key=key)
+        total += torch.cat([model.w.grad.flatten(), model.b.grad])
+    cosine = float(total @ truth / (total.norm() * truth.norm()))
+    assert cosine >= 0.95

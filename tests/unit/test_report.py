@@ -144,8 +144,12 @@ def test_report_includes_eval_json(tmp_path):
         "accuracy": 0.16, "pass@4": 0.4, "settings": {"k": [4]},
         "records": [{"prompt": "What is 1 + 1?", "answer": "2", "completion": "<b>2</b>", "reward": 1.0}]}))
     page = write_report(tmp_path).read_text()
+    assert "final model (eval.json): <b>accuracy</b> 0.16 · <b>pass@4</b> 0.4" not in page   # it has eval/ metrics
     assert "pass@4" in page and "What is 1 + 1?" in page and "&lt;b&gt;2&lt;/b&gt;" in page
     assert page.index("Evaluation (eval.json)") < page.index("<h2>Training</h2>")
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 1, "objective": 1.0}) + "\n")   # no eval/ metrics
+    page = write_report(tmp_path).read_text()
+    assert "final model (eval.json): <b>accuracy</b> 0.16 · <b>pass@4</b> 0.4" in page      # the headline then
 
 
 def test_missing_folders_and_empty_metrics(tmp_path):
@@ -191,6 +195,11 @@ def test_comparison_labels_default_to_the_folders(tmp_path):
         _write_small_run(tmp_path / folder)
     page = write_comparison([tmp_path / "x/run", tmp_path / "y/run"], tmp_path / "cmp").read_text()
     assert "x/run" in page and "y/run" in page                            # same name: told apart by the parent
+    (tmp_path / "x/run/eval.json").write_text(json.dumps({"seed": 0, "accuracy": 0.375, "pass@4": 0.5, "records": []}))
+    page = write_comparison([tmp_path / "x/run", tmp_path / "y/run"], tmp_path / "cmp").read_text()
+    head = page[:page.index("<h2>Training</h2>")]
+    assert "<th>accuracy (eval.json)</th><th>pass@4 (eval.json)</th></tr>" in head and "<td>0.375</td>" in head
+    assert "seed" not in head
     with pytest.raises(ConfigError, match="1 labels for 2 runs"):
         write_comparison([tmp_path / "x/run", tmp_path / "y/run"], tmp_path / "cmp", labels=["one"])
 

@@ -42,18 +42,30 @@ class SeededDirection:
         return all(math.isfinite(c) for c in self.coefficients)
 
 
-def perturb(params: list[torch.Tensor], seed: int, scale: float) -> float:
-    """θ += scale · z(seed), z ~ N(0, I) drawn tensor by tensor in the parameters' order; returns ‖z‖²."""
+CHUNK = 1 << 20     # elements of z drawn at once: the only memory a perturbation adds
+
+
+def _directions(params: list[torch.Tensor], seed: int):
+    """(parameter, a slice of its flat view, z for that slice): z ~ N(0, I) drawn from ``seed`` in the
+    parameters' order, in fixed chunks so that no tensor the size of the largest parameter is made."""
     generator = None
+    for p in params:
+        if generator is None or generator.device != p.device:
+            generator = torch.Generator(device=p.device)
+            generator.manual_seed(seed)
+        n = p.numel()
+        for start in range(0, n, CHUNK):
+            piece = slice(start, min(start + CHUNK, n))
+            yield p, piece, torch.randn(piece.stop - start, generator=generator, device=p.device, dtype=torch.float32)
+
+
+def perturb(params: list[torch.Tensor], seed: int, scale: float) -> float:
+    """θ += scale · z(seed) in place; returns ‖z‖²."""
     norm2 = 0.0
     with torch.no_grad():
-        for p in params:
-            if generator is None or generator.device != p.device:
-                generator = torch.Generator(device=p.device)
-                generator.manual_seed(seed)
-            z = torch.randn(p.shape, generator=generator, device=p.device, dtype=torch.float32)
-            p.add_(z.to(p.dtype), alpha=scale)
-            norm2 += float(z.square().sum())
+        for p, piece, z in _directions(params, seed):
+            p.view(-1)[piece].add_(z.to(p.dtype), alpha=scale)
+            norm2 += float(torch.dot(z, z))
     return norm2
 
 
@@ -63,13 +75,8 @@ def materialise(params: list[torch.Tensor], direction: SeededDirection, scale: f
         for p in params:
             p.grad = torch.zeros_like(p)
         for seed, c in zip(direction.seeds, direction.coefficients):
-            generator = None
-            for p in params:
-                if generator is None or generator.device != p.device:
-                    generator = torch.Generator(device=p.device)
-                    generator.manual_seed(seed)
-                z = torch.randn(p.shape, generator=generator, device=p.device, dtype=torch.float32)
-                p.grad.add_(z.to(p.dtype), alpha=scale * c)
+            for p, piece, z in _directions(params, seed):
+                p.grad.view(-1)[piece].add_(z.to(p.dtype), alpha=scale * c)
 
 
 @contextmanager

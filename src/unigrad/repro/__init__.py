@@ -10,12 +10,15 @@ from importlib import import_module
 
 from unigrad.repro.base import NOT_REPRODUCED, PARTLY, REPRODUCED, VERDICTS, Claim, Outcome, Reproduction, Scale
 
-REGISTRY: dict[str, str] = {      # name -> module (imported when asked for: each pulls in torch and models)
+REGISTRY: dict[str, str] = {      # name -> module[:attribute] (imported when asked for: each pulls in torch)
     "hpt": "unigrad.repro.hpt",
     "fisher-merging": "unigrad.repro.merging",
     "ches": "unigrad.repro.ches",
     "npo-vs-ga": "unigrad.repro.unlearning",
     "distill-kl": "unigrad.repro.distill",
+    "mezo-estimator": "unigrad.repro.mezo:ESTIMATOR",
+    "mezo-memory": "unigrad.repro.mezo:MEMORY",
+    "mezo-curve": "unigrad.repro.mezo:CURVE",
 }
 
 
@@ -27,7 +30,8 @@ def get(name: str) -> Reproduction:
     """The reproduction called ``name`` (ValueError naming the known ones otherwise)."""
     if name not in REGISTRY:
         raise ValueError(f"unknown reproduction {name!r}; known: {', '.join(REGISTRY)} (or all)")
-    return import_module(REGISTRY[name]).REPRODUCTION
+    module, _, attribute = REGISTRY[name].partition(":")
+    return getattr(import_module(module), attribute or "REPRODUCTION")
 
 
 __all__ = ["Claim", "NOT_REPRODUCED", "Outcome", "PARTLY", "REGISTRY", "REPRODUCED", "Reproduction", "Scale",

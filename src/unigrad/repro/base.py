@@ -60,7 +60,8 @@ class Outcome:
     """What a run measured. ``ours``: one line beside the paper's number. ``verdict``: one of
     ``VERDICTS``, by the reproduction's rule; ``reason``: the rule applied to these numbers.
     ``numbers``: everything measured (JSON-ready). ``table``: rows shown on the page (dicts with the
-    same keys). ``figures``: image files written into the run's folder. ``notes``: what to read into it."""
+    same keys). ``figures``: image files written into the run's folder. ``notes``: what to read into it.
+    ``links``: further pages in the folder (e.g. the runs' training curves overlaid)."""
     ours: str
     verdict: str
     reason: str
@@ -68,6 +69,7 @@ class Outcome:
     table: list[dict[str, Any]] = field(default_factory=list)
     figures: list[str] = field(default_factory=list)
     notes: str = ""
+    links: dict[str, str] = field(default_factory=dict)    # title -> a page under the run's folder
 
     def __post_init__(self):
         if self.verdict not in VERDICTS:

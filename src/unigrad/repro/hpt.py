@@ -103,6 +103,7 @@ def run_config(phase: Phase, s: Setting, files: dict[str, Path], model: str, ste
         "data": {"train": str(files[phase.data]), "format": phase.data, "max_length": 192},
         "train": {"steps": steps, "batch_size": s.batch_size, "lr": s.lr, "warmup_steps": 1, "eval_every": 0,
                   "save_every": 0, "track_kl": True, "tensorboard": False, "seed": seed},
+        "reference": {"precompute": False},   # KL to the initial model per batch, not over the 2000 examples first
         "output_dir": str(out),
     }
     if phase.data == "prompts":
@@ -282,7 +283,8 @@ def run(folder: Path, scale: Scale) -> Outcome:
              "SFT uses no rollouts and SFT → GRPO half of them. LUFFY is not run (see the module docstring). "
              f"Training curves of seed {seeds[0]}, overlaid: {comparison or 'not written'}.")
     return Outcome(ours=ours, verdict=verdict, reason=reason, numbers=numbers, table=table,
-                   figures=["hpt_comparison.png"], notes=notes)
+                   figures=["hpt_comparison.png"], notes=notes,
+                   links={f"training curves of seed {seeds[0]}, all arms overlaid": comparison} if comparison else {})
 
 
 def _base_model(folder: Path, s: Setting, files: dict[str, Path]) -> dict:

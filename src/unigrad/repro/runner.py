@@ -67,7 +67,7 @@ def run_one(repro: Reproduction, out_root: str | Path, scale: Scale) -> dict[str
         "claim": vars(repro.claim), "setting": repro.setting, "measure": repro.measure,
         "verdict_rule": repro.verdict_rule, "verdict": outcome.verdict, "reason": outcome.reason,
         "ours": outcome.ours, "numbers": outcome.numbers, "table": outcome.table, "figures": outcome.figures,
-        "notes": outcome.notes, "command": command(repro.name, scale), "started": when,
+        "notes": outcome.notes, "links": outcome.links, "command": command(repro.name, scale), "started": when,
         "wall_seconds": round(time.perf_counter() - started, 1), "versions": versions(),
     }
     _atomic_write(folder / RESULT, json.dumps(result, indent=1, default=str))
@@ -120,6 +120,7 @@ def page(result: dict[str, Any]) -> str:
         body += ["<h2>Measured</h2>", _rows_table(result["table"])]
     if result.get("notes"):
         body.append(f"<p>{esc(result['notes'])}</p>")
+    body += [f"<p><a href='{esc(path)}'>{esc(title)}</a></p>" for title, path in result.get("links", {}).items()]
     body += ["<h2>Setting</h2>", f"<p>{esc(result['setting'])}</p>", f"<p><b>Measure.</b> {esc(result['measure'])}</p>",
              html_table(["", ""], [["command", result["command"]], ["started", result["started"]],
                                    ["wall time", f"{result['wall_seconds']:.0f} s"],

@@ -350,6 +350,14 @@ def notes(runs: list[dict], setting: Setting, shares: dict) -> str:
     return " ".join(parts)
 
 
+def summary_line(runs: list[dict], shares: dict, betas) -> str:
+    """The one line beside the paper's number: levels won by NPO on each measure, final retain NLLs."""
+    won = "; ".join(", ".join(f"{label} {shares[f'{label}, β={b:g}']['npo_lower']}/{shares[f'{label}, β={b:g}']['compared']}"
+                              for _, label in AXES) + f" (β={b:g})" for b in betas)
+    ends = ", ".join(f"{r['end']['GA']['retain']:.2f} vs {r['end']['NPO']['retain']:.2f} (β={r['beta']:g})" for r in runs)
+    return f"NPO's retain NLL lower at equal forgetting, levels won: {won}; final retain NLL GA vs NPO: {ends}"
+
+
 def run(folder: Path, scale: Scale) -> Outcome:
     setting = scale.pick(FULL, QUICK, TINY)
     seeds = scale.seed_list(setting.data_seeds)
@@ -370,17 +378,13 @@ def run(folder: Path, scale: Scale) -> Outcome:
         name = f"seed{r['seed']}_beta{r['beta']:g}.png"
         plot(r, folder / name)
         figures.append(name)
-    won = {k: f"{v['npo_lower']}/{v['compared']}" for k, v in shares.items()}
-    ours = ("NPO's retain NLL lower at " + ", ".join(f"{v} levels by the {k}" for k, v in won.items())
-            + f"; GA vs NPO retain NLL after the last step: "
-            + ", ".join(f"{r['end']['GA']['retain']:.2f} vs {r['end']['NPO']['retain']:.2f}" for r in runs))
     numbers = {"setting": vars(setting) | {"betas": {f"{b:g}": s for b, s in setting.betas.items()}},
                "seeds": seeds, "measures": shares,
                "per_seed": {str(s): {"sft": per_seed[s]["sft"], "retain_only_sft": per_seed[s]["retain_only_sft"]}
                             for s in seeds},
                "runs": runs}
-    return Outcome(ours=ours, verdict=verdict, reason=reason, numbers=numbers, table=table_rows(runs),
-                   figures=figures, notes=notes(runs, setting, shares))
+    return Outcome(ours=summary_line(runs, shares, setting.betas), verdict=verdict, reason=reason, numbers=numbers,
+                   table=table_rows(runs), figures=figures, notes=notes(runs, setting, shares))
 
 
 VERDICT_RULE = (
