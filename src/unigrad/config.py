@@ -117,6 +117,7 @@ class TrainConfig:
     grad_accum: int = 1                      # micro-batches per optimiser step
     lr: float = 1e-5
     optimizer: str = "adamw"
+    optimizer_args: dict = field(default_factory=dict)   # further arguments of the optimiser (m-fac: m, damping)
     weight_decay: float = 0.0
     betas: tuple = (0.9, 0.999)
     schedule: Literal["cosine", "linear", "constant"] = "cosine"

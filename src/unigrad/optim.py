@@ -31,8 +31,8 @@ def _optimizer_factory(cfg):
     """params -> optimiser, as ``train.optimizer`` names it."""
     name = cfg.optimizer.lower()
     builtin = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch.optim.SGD,
-               "rmsprop": torch.optim.RMSprop, "adagrad": torch.optim.Adagrad}
-    kwargs = {"lr": cfg.lr, "weight_decay": cfg.weight_decay}
+               "rmsprop": torch.optim.RMSprop, "adagrad": torch.optim.Adagrad, "m-fac": MFAC}
+    kwargs = {"lr": cfg.lr, "weight_decay": cfg.weight_decay, **dict(getattr(cfg, "optimizer_args", None) or {})}
     if name in ("adamw", "adam"):
         kwargs["betas"] = tuple(cfg.betas)
 
@@ -43,14 +43,21 @@ def _optimizer_factory(cfg):
                 return builtin[name](params, **kwargs)
         return adam
     if name in builtin:
-        return lambda params: builtin[name](params, **kwargs)
+        return lambda params: _build(builtin[name], params, kwargs, cfg.optimizer)
     try:
         from pytorch_optimizer import load_optimizer
         optimizer_class = load_optimizer(name)
     except Exception:
         raise ConfigError(f"train.optimizer: unknown optimizer {cfg.optimizer!r}; use one of "
                           f"{', '.join(builtin)} or a pytorch-optimizer name (e.g. lion, adamp, sophiah)") from None
-    return lambda params: optimizer_class(params, **kwargs)
+    return lambda params: _build(optimizer_class, params, kwargs, cfg.optimizer)
+
+
+def _build(optimizer_class, params, kwargs: dict, name: str):
+    try:
+        return optimizer_class(params, **kwargs)
+    except TypeError as error:   # an argument it does not take, from train.optimizer_args
+        raise ConfigError(f"train.optimizer_args: {name} does not take these arguments ({error})") from None
 
 
 def make_optimizer(params: list, cfg):
@@ -143,3 +150,78 @@ def apply_update(optimizer, params: list, max_grad_norm: float | None, skip: boo
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return float(norm)
+
+
+class MFAC(torch.optim.Optimizer):
+    """M-FAC, sliding-window version (Frantar, Kurtic & Alistarh 2021, "M-FAC: Efficient Matrix-Free
+    Approximations of Second-Order Information", §3–4): precondition each step's gradient with the
+    inverse of the damped empirical Fisher of the last m gradients,
+
+        F̂ = λ I + (1/m) Σ_{i=1..m} g_i g_iᵀ,     u = F̂⁻¹ (g + wd·θ),     θ ← θ − lr · u
+
+    (the current gradient included, m the number held while the window fills; with ``momentum`` μ,
+    u ← μ u_prev + (1 − μ) u). By Woodbury, with G the m × d window and K = G Gᵀ kept up to date,
+
+        F̂⁻¹ x = (x − Gᵀ (m λ I + K)⁻¹ G x) / λ,
+
+    which costs O(m d + m³) per step and no d × d matrix. Memory: the window, m · d numbers (for
+    SmolLM2-135M in fp32, 0.54 GB per gradient kept), plus an m × m Gram matrix. Parameters are
+    treated as one flat vector across all of them (the paper's global, not per-layer, variant)."""
+
+    def __init__(self, params, lr: float = 1e-3, m: int = 32, damping: float = 1e-5, weight_decay: float = 0.0,
+                 momentum: float = 0.0):
+        if m < 1:
+            raise ValueError(f"m-fac: m (gradients in the window) must be >= 1, got {m}")
+        if not damping > 0:
+            raise ValueError(f"m-fac: damping λ must be > 0, got {damping}")
+        super().__init__(params, {"lr": lr, "weight_decay": weight_decay, "momentum": momentum})
+        self.m, self.damping = int(m), float(damping)
+
+    def _flat(self, tensors) -> torch.Tensor:
+        return torch.cat([t.reshape(-1) for t in tensors])
+
+    @property
+    def _window(self) -> dict:
+        """The window's state, kept under the first parameter (checkpoints key state by parameter)."""
+        return self.state[self.param_groups[0]["params"][0]]
+
+    def inverse_fisher_product(self, x: torch.Tensor) -> torch.Tensor:
+        """F̂⁻¹ x for the gradients in the window."""
+        state = self._window
+        n, window, gram = state["count"], state["gradients"], state["gram"]
+        rows = window[:n]
+        coefficients = torch.linalg.solve(n * self.damping * torch.eye(n, dtype=gram.dtype, device=gram.device)
+                                          + gram[:n, :n], rows @ x)
+        return (x - rows.T @ coefficients) / self.damping
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = closure() if closure is not None else None
+        params = [p for group in self.param_groups for p in group["params"] if p.grad is not None]
+        if not params:
+            return loss
+        group = self.param_groups[0]
+        g = self._flat([p.grad for p in params])
+        if group["weight_decay"]:
+            g = g + group["weight_decay"] * self._flat(params)
+        state = self._window
+        if not state:
+            state.update(count=0, next=0, gradients=torch.zeros(self.m, g.numel(), dtype=g.dtype, device=g.device),
+                         gram=torch.zeros(self.m, self.m, dtype=g.dtype, device=g.device))
+        slot = state["next"]
+        state["gradients"][slot] = g
+        products = state["gradients"] @ g
+        state["gram"][slot, :] = products
+        state["gram"][:, slot] = products
+        state["count"], state["next"] = min(state["count"] + 1, self.m), (slot + 1) % self.m  # filling: rows 0..count−1
+        update = self.inverse_fisher_product(g)
+        if group["momentum"]:
+            previous = state.get("momentum_buffer")
+            update = update if previous is None else group["momentum"] * previous + (1 - group["momentum"]) * update
+            state["momentum_buffer"] = update
+        offset = 0
+        for p in params:
+            n = p.numel()
+            p.add_(update[offset:offset + n].view_as(p).to(p.dtype), alpha=-group["lr"])
+            offset += n
+        return loss
