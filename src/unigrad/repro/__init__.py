@@ -19,6 +19,7 @@ REGISTRY: dict[str, str] = {      # name -> module[:attribute] (imported when as
     "mezo-estimator": "unigrad.repro.mezo:ESTIMATOR",
     "mezo-memory": "unigrad.repro.mezo:MEMORY",
     "mezo-curve": "unigrad.repro.mezo:CURVE",
+    "pes-bias": "unigrad.repro.pes",
 }
 
 
