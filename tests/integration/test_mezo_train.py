@@ -82,3 +82,18 @@ def test_mezo_settings_refused_with_the_reason(tmp_path, override, message):
                          [*MEZO, override, "train.max_grad_norm=null", f"output_dir={tmp_path}"])
     with pytest.raises(ConfigError, match=message):
         assemble(config)
+
+
+def test_mezo_with_lora_perturbs_and_moves_only_the_adapters(tmp_path):
+    import torch
+    from unigrad.train import optimise
+    run = assemble(load_config(str(ROOT / "configs" / "tiny-dpo.yaml"),
+                               [*MEZO, "train.steps=1", "data.eval=null", "model.lora={r: 4, alpha: 8}",
+                                f"output_dir={tmp_path}"]))
+    frozen = {name: p.detach().clone() for name, p in run.model.named_parameters() if not p.requires_grad}
+    adapters = {name: p.detach().clone() for name, p in run.model.named_parameters() if p.requires_grad}
+    assert frozen and adapters and all("lora" in name for name in adapters)
+    optimise(run, run.experience(0), 0)
+    now = dict(run.model.named_parameters())
+    assert all(torch.equal(now[name], value) for name, value in frozen.items())
+    assert any(not torch.equal(now[name], value) for name, value in adapters.items())

@@ -157,3 +157,10 @@ def test_fsdp_resumes_a_tied_embedding_model(tmp_path):
     final = _final(resumed)
     assert "lm_head.weight" not in final and "lm_head.weight" not in _final(tmp_path / "fsdp")  # saved tied
     assert _max_gap(final, _final(tmp_path / "fsdp")) < 1e-6
+
+
+def test_mezo_two_processes_exchange_scalars_and_match_one_process(tmp_path):
+    """MeZO-SGD on two processes sums the halves' objective values and takes the same seeded step."""
+    one, two = _one_and_two_processes(tmp_path, [*OFFLINE, "train.gradient.name=mezo", "train.optimizer=sgd",
+                                                 "train.lr=1e-3", "train.gradient.samples=2"])
+    assert _max_gap(one, two) < 1e-5

@@ -195,7 +195,7 @@ def results_page(out_root: str | Path, path: str | Path) -> Path:
         if result.get("notes"):
             details += [result["notes"], ""]
         v = result["versions"]
-        details += [f"Run {result['started']}, {result['wall_seconds'] / 60:.0f} min, commit {v.get('commit', '?')}, "
+        details += [f"Run {result['started']} (this invocation {result['wall_seconds'] / 60:.1f} min), commit {v.get('commit', '?')}, "
                     f"torch {v.get('torch')}, transformers {v.get('transformers')}.", ""]
     path.parent.mkdir(parents=True, exist_ok=True)
     _atomic_write(path, "\n".join(lines + [""] + details))
