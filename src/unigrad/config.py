@@ -101,13 +101,18 @@ class ReferenceConfig:
 @dataclass(frozen=True)
 class GradientConfig:
     """How a step's gradient is obtained (``unigrad.gradients``): backprop; MeZO's forward-only SPSA
-    estimate (``samples`` estimates averaged per step, perturbation scale ``eps``); or ZO-RankSGD's
-    direction from ``samples`` perturbed points ranked by the objective (scale ``eps``, the best
-    ``top`` revealed; null: all)."""
-    name: Literal["backprop", "mezo", "zo-rank"] = "backprop"
+    estimate (``samples`` estimates averaged per step, perturbation scale ``eps``); antithetic ES
+    (``samples`` pairs θ ± εz, fitness ``shaping``: none or centered-ranks); or ZO-RankSGD's direction
+    from ``samples`` perturbed points ranked by the oracle (scale ``eps``, the best ``top`` revealed;
+    null: all). ``oracle``: what a zeroth-order estimator evaluates at a perturbed point — the
+    method's objective, the mean reward of greedy completions of the step's prompts (online runs),
+    or, for zo-rank, pairwise preferences between the points' completions."""
+    name: Literal["backprop", "mezo", "es", "zo-rank"] = "backprop"
     samples: int = 1
     eps: float = 1e-3
     top: Union[int, None] = None
+    oracle: Literal["objective", "reward", "preference"] = "objective"
+    shaping: Literal["none", "centered-ranks"] = "none"
 
 
 @dataclass(frozen=True)

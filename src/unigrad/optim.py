@@ -44,12 +44,14 @@ def _optimizer_factory(cfg):
         return adam
     if name in builtin:
         return lambda params: _build(builtin[name], params, kwargs, cfg.optimizer)
+    if name in SOPHIA:      # its betas in optimizer_args (the paper's (0.965, 0.99)), not train.betas
+        return lambda params: _build(Sophia, params, {"curvature": SOPHIA[name], **kwargs}, cfg.optimizer)
     try:
         from pytorch_optimizer import load_optimizer
         optimizer_class = load_optimizer(name)
     except Exception:
         raise ConfigError(f"train.optimizer: unknown optimizer {cfg.optimizer!r}; use one of "
-                          f"{', '.join(builtin)} or a pytorch-optimizer name (e.g. lion, adamp, sophiah)") from None
+                          f"{', '.join([*builtin, *SOPHIA])} or a pytorch-optimizer name (e.g. lion, adamp, sophiah)") from None
     return lambda params: _build(optimizer_class, params, kwargs, cfg.optimizer)
 
 
@@ -58,6 +60,8 @@ def _build(optimizer_class, params, kwargs: dict, name: str):
         return optimizer_class(params, **kwargs)
     except TypeError as error:   # an argument it does not take, from train.optimizer_args
         raise ConfigError(f"train.optimizer_args: {name} does not take these arguments ({error})") from None
+    except ValueError as error:  # a value it refuses
+        raise ConfigError(f"train.optimizer_args: {error}") from None
 
 
 def make_optimizer(params: list, cfg):
@@ -225,3 +229,80 @@ class MFAC(torch.optim.Optimizer):
             p.add_(update[offset:offset + n].view_as(p).to(p.dtype), alpha=-group["lr"])
             offset += n
         return loss
+
+
+class Sophia(torch.optim.Optimizer):
+    """Sophia (Liu, Li, Hall, Liang & Ma 2024, "Sophia: A Scalable Stochastic Second-order Optimizer for
+    Language Model Pre-training", ICLR, arXiv 2305.14342, Algorithm 3): a moving average of gradients
+    divided, coordinate by coordinate, by a moving average of a diagonal curvature estimate, then clipped,
+
+        m ← β1 m + (1 − β1) g
+        every k steps: h ← β2 h + (1 − β2) ĥ        (``refresh``, called by ``updates.CurvatureRefresh``)
+        θ ← θ − η λ θ
+        θ ← θ − η · clip(m / max(ρ h, ε), 1)        (clip(x, 1) = max(min(x, 1), −1) per coordinate)
+
+    ĥ is Gauss–Newton–Bartlett for Sophia-G and Hutchinson for Sophia-H (``gradients.curvature``).
+    Before the first refresh h = 0 and the step is η · sign(m). No bias correction (as the paper's code).
+    Defaults as the paper's code: β = (0.965, 0.99), ρ = 0.04, k = 10; ε = 1e-12 (the paper). State:
+    m and h, two copies of the trainable weights."""
+
+    def __init__(self, params, lr: float = 1e-4, betas=(0.965, 0.99), rho: float = 0.04, eps: float = 1e-12,
+                 weight_decay: float = 0.0, curvature: str = "gauss-newton-bartlett", every: int = 10):
+        if not rho > 0 or not eps > 0:
+            raise ValueError(f"sophia: rho and eps must be > 0, got rho={rho}, eps={eps}")
+        if int(every) < 1:
+            raise ValueError(f"sophia: every (steps between curvature refreshes) must be >= 1, got {every}")
+        betas = tuple(betas)
+        if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+            raise ValueError(f"sophia: betas must be two numbers in [0, 1), got {betas}")
+        super().__init__(params, {"lr": lr, "betas": betas, "rho": rho, "eps": eps, "weight_decay": weight_decay})
+        self.curvature, self.every = curvature, int(every)
+
+    def _state(self, p: torch.Tensor) -> dict:
+        state = self.state[p]
+        if not state:
+            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["hessian"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        return state
+
+    @torch.no_grad()
+    def refresh(self, estimates: dict) -> None:
+        """h ← β2 h + (1 − β2) ĥ for each parameter's ĥ in ``estimates`` (parameter → tensor)."""
+        for group in self.param_groups:
+            beta2 = group["betas"][1]
+            for p in group["params"]:
+                if p in estimates:
+                    self._state(p)["hessian"].mul_(beta2).add_(estimates[p].to(p.dtype), alpha=1 - beta2)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = closure() if closure is not None else None
+        for group in self.param_groups:
+            beta1 = group["betas"][0]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self._state(p)
+                m = state["exp_avg"].mul_(beta1).add_(p.grad, alpha=1 - beta1)
+                if group["weight_decay"]:
+                    p.mul_(1 - group["lr"] * group["weight_decay"])
+                ratio = m / (group["rho"] * state["hessian"]).clamp(min=group["eps"])
+                p.add_(ratio.clamp_(-1.0, 1.0), alpha=-group["lr"])
+        return loss
+
+
+SOPHIA = {"sophia-g": "gauss-newton-bartlett", "sophia-h": "hutchinson"}
+
+
+def check_sophia(cfg, layout) -> None:
+    """Sophia's curvature refresh runs its own backward between updates and sums its buffers over
+    processes like a replicated layout's gradients: refused where that is not so."""
+    if cfg.optimizer.lower() not in SOPHIA:
+        return
+    why = []
+    if cfg.optimizer_in_backward:
+        why.append("train.optimizer_in_backward (the curvature estimate's backward would update the weights)")
+    if cfg.fsdp or cfg.deepspeed:
+        why.append("train.fsdp / train.deepspeed (the estimate is reduced as whole replicated tensors)")
+    if why:
+        raise ConfigError(f"train.optimizer={cfg.optimizer}: not with " + "; ".join(why) + "; run it replicated")

@@ -25,15 +25,17 @@ from unigrad.data.sources import resolve_data_path
 from unigrad.evaluate import evaluate_greedy, evaluate_objective
 from unigrad.experience import DatasetSource, OnPolicySamples, RolloutSource, Split, demonstration_rows
 from unigrad.gradients import ZEROTH_ORDER, SeededSGD, estimator
+from unigrad.gradients.curvature import curvature
 from unigrad.guards import NonFiniteGuard, fingerprint
 from unigrad.logprobs.producers import BestOtherToken, TeacherSupport, TokenLogprobs, choose_producer
 from unigrad.methods.compose import build_objective
+from unigrad.methods.nash import check_update_rule_for
 from unigrad.models import load_model
-from unigrad.optim import check_in_backward, make_optimizer
+from unigrad.optim import Sophia, check_in_backward, check_sophia, make_optimizer
 from unigrad.parallel import choose_layout, processes
 from unigrad.reference import Reference
 from unigrad.roles import INITIAL_POLICY, Role, load_role
-from unigrad.updates import check_update_rule, update_rule
+from unigrad.updates import CurvatureRefresh, check_update_rule, update_rule
 
 log = logging.getLogger("unigrad")
 
@@ -44,6 +46,9 @@ HINTS = {
     "is_demo": "mixing SFT into RL needs data.format: prompts with demonstrations",
     "sign": "this objective compares chosen and rejected (or forget and retain) rows; use data.format: pairs or forget",
     "teacher_logp_topk": "this method distils a teacher; give the teacher model in teacher.name (like model.name)",
+    "preference": ("P(y ≻ y′) against an opponent's sample comes from a preference model, which the language-model "
+                   "loop does not have yet (not implemented); the Nash methods run today on the tabular game, "
+                   "unigrad.games.tabular, and in `unigrad repro nash-mp-rate`"),
 }
 
 
@@ -136,38 +141,72 @@ def _apply_lora(model, config: RunConfig, train_split: Split | None, pad_id: int
     return model
 
 
+def zeroth_order_oracle(config: RunConfig, source):
+    """What a zeroth-order estimator evaluates at a perturbed point (``train.gradient.oracle``): None
+    for the method's objective; else the greedy completions of the step's prompts by the run's
+    sampler (each process its own share, unsharded), scored by the run's reward function, as a reward
+    (mean) or a rule preference (pairwise) oracle."""
+    from unigrad.gradients.oracles import GreedyCompletions, PreferenceOracle, RewardOracle, RewardScore, RulePreference
+    if config.train.gradient.name == "backprop" or config.train.gradient.oracle == "objective":
+        return None
+    generate = GreedyCompletions(getattr(source.sampler, "inner", source.sampler), source.tokenizer, source.examples,
+                                 config.rollout.max_new_tokens, source.sync)
+    score = RewardScore(source.reward_fn, source.fallback)
+    oracles = {"reward": lambda: RewardOracle(generate, score),
+               "preference": lambda: PreferenceOracle(generate, RulePreference(score))}
+    return oracles[config.train.gradient.oracle]()
+
+
 def check_gradient(config: RunConfig) -> None:
     """A zeroth-order estimate perturbs whole parameter tensors on every process in step: refused
-    where a process holds only a shard of them, or where updates happen inside backward."""
-    t = config.train
-    if t.gradient.name == "backprop":
+    where a process holds only a shard of them, or where updates happen inside backward. Its oracle
+    and shaping must fit the estimator and the run."""
+    t, g = config.train, config.train.gradient
+    if g.name == "backprop" and g.oracle != "objective":
+        raise ConfigError(f"train.gradient.oracle={g.oracle}: backprop differentiates the method's objective; a "
+                          "black-box oracle needs a zeroth-order estimator (train.gradient.name: es, mezo or zo-rank)")
+    if g.shaping != "none" and g.name != "es":
+        raise ConfigError(f"train.gradient.shaping={g.shaping}: fitness shaping belongs to evolution strategies; "
+                          "use train.gradient.name: es")
+    if g.oracle == "preference" and g.name != "zo-rank":
+        raise ConfigError(f"train.gradient.oracle=preference: pairwise preferences give a ranking, not values; "
+                          f"only train.gradient.name: zo-rank can use them ({g.name} needs values)")
+    if g.oracle in ("reward", "preference") and config.data.format != "prompts":
+        raise ConfigError(f"train.gradient.oracle={g.oracle}: it completes the step's prompts and scores them with "
+                          f"the run's reward function, so it needs an online run (data.format: prompts and reward:); "
+                          f"this run has data.format={config.data.format!r}")
+    if g.name == "backprop":
         return
     if t.fsdp or t.deepspeed or t.optimizer_in_backward:
-        raise ConfigError(f"train.gradient.name={t.gradient.name}: not with train.fsdp, train.deepspeed or "
+        raise ConfigError(f"train.gradient.name={g.name}: not with train.fsdp, train.deepspeed or "
                           "train.optimizer_in_backward (it perturbs whole parameters and needs no backward); "
                           "run it replicated")
-    least = 2 if t.gradient.name == "zo-rank" else 1
-    if t.gradient.samples < least:
-        raise ConfigError(f"train.gradient.samples={t.gradient.samples}: {t.gradient.name} needs at least {least} "
-                          + ("perturbed points to rank" if least == 2 else "SPSA estimate per step"))
-    top = t.gradient.top
-    if top is not None and not 1 <= top <= t.gradient.samples:
+    least = 2 if g.name == "zo-rank" else 1
+    what = {"zo-rank": "perturbed points to rank", "es": "antithetic pair per step", "mezo": "SPSA estimate per step"}
+    if g.samples < least:
+        raise ConfigError(f"train.gradient.samples={g.samples}: {g.name} needs at least {least} {what[g.name]}")
+    top = g.top
+    if top is not None and not 1 <= top <= g.samples:
         raise ConfigError(f"train.gradient.top={top}: the ranking reveals the best k of the "
-                          f"{t.gradient.samples} points, 1 ≤ k ≤ samples")
-    if not t.gradient.eps > 0:
-        raise ConfigError(f"train.gradient.eps={t.gradient.eps}: the perturbation scale ε of θ ± εz must be > 0")
+                          f"{g.samples} points, 1 ≤ k ≤ samples")
+    if not g.eps > 0:
+        raise ConfigError(f"train.gradient.eps={g.eps}: the perturbation scale ε of θ ± εz must be > 0")
 
 
-def _gradient_and_update(config: RunConfig, model, params, optimizer, procs):
+def _gradient_and_update(config: RunConfig, model, params, optimizer, procs, oracle=None):
     """The gradient estimator and update rule: a zeroth-order estimate with plain SGD (MeZO-SGD) is
     applied from the seeds without gradient tensors; with any other optimiser it goes through ``.grad``.
     Extragradient takes its two optimiser steps on ``params`` through ``optimizer``."""
     t = config.train
     in_place = t.gradient.name in ZEROTH_ORDER and t.optimizer == "sgd" and t.update_rule == "optimizer_step"
-    gradients = estimator(t.gradient, model, params, procs, t.seed, into_grad=not in_place)
+    gradients = estimator(t.gradient, model, params, procs, t.seed, into_grad=not in_place, oracle=oracle)
     if in_place:
-        return gradients, SeededSGD(params, optimizer, gradients, t.weight_decay)
-    return gradients, update_rule(t.update_rule, params, optimizer, procs.sum)
+        return gradients, SeededSGD(params, optimizer, gradients, t.weight_decay, t.max_grad_norm)
+    rule = update_rule(t.update_rule, params, optimizer, procs.sum)
+    if isinstance(optimizer, Sophia):   # its curvature estimate, refreshed every k steps before the update
+        rule = CurvatureRefresh(rule, optimizer, curvature(optimizer.curvature, params, t.chunk_size, t.seed,
+                                                           procs.sum_gradients, procs.rank), optimizer.every)
+    return gradients, rule
 
 
 def assemble(config: RunConfig) -> Run:
@@ -180,9 +219,11 @@ def assemble(config: RunConfig) -> Run:
         raise ConfigError(f"train.batch_size ({t.batch_size}) must be a multiple of processes × train.grad_accum "
                           f"({procs.world} × {t.grad_accum})")
     check_in_backward(t, procs.world)
+    check_sophia(t, layout)
     check_gradient(config)
     check_update_rule(t.update_rule, layout, t.optimizer_in_backward)
     objective = build_objective(config.method)
+    check_update_rule_for(objective, t.update_rule)
     out_dir = Path(config.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if t.threads:
@@ -256,7 +297,8 @@ def assemble(config: RunConfig) -> Run:
         def held_out(loss_of) -> dict:
             return evaluate_objective(loss_of, model, eval_split, t.eval_batch_size, device) if eval_split else {}
     params = [p for p in model.parameters() if p.requires_grad]
-    gradients, update = _gradient_and_update(config, model, params, optimizer, procs)
+    gradients, update = _gradient_and_update(config, model, params, optimizer, procs,
+                                             zeroth_order_oracle(config, source))
     skips = layout.skips_updates and not t.optimizer_in_backward   # else a non-finite step cannot be undone
     data = ([(e.prompt_ids, e.answer, e.demonstration) for e in train_prompts] if online else
             [(s.prompt_ids, s.completion_ids, s.group, s.sign, s.meta.get("fields")) for s in train_split.sequences])

@@ -14,6 +14,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -23,7 +24,7 @@ from unigrad.checkpoint import load_latest, remove_partial_writes, save_checkpoi
 from unigrad.config import RunConfig, to_dict
 from unigrad.data.packing import collate
 from unigrad.experience import Experience
-from unigrad.gradients import StepSums
+from unigrad.gradients import MicroBatch, StepSums
 from unigrad.guards import Preempted, Preemption, check_finite_weights, check_resume, finite
 from unigrad.models import save_model
 from unigrad.objectives import reference_kl
@@ -39,20 +40,24 @@ class StepLoss:
     """The objective's output on rows of an experience whose whole step is ``whole``."""
     run: Run
 
-    def __call__(self, experience: Experience, rows: list[int], whole: Batch):
+    def __call__(self, experience: Experience, rows: list[int], whole: Batch, objective=None, logprobs=None):
+        """The run's objective and log-prob producer on these rows, or the given ones (an update rule's
+        second loss on the step's data, e.g. Sophia's curvature estimate)."""
         r = self.run
+        own = objective is None
+        objective, logprobs = objective or r.objective, logprobs or r.logprobs
         sequences = [experience.sequences[i] for i in rows]
         tb = collate(sequences, r.tokenizer.pad_token_id, packed=r.config.data.packed).to(r.device)
-        produced = r.logprobs(r.engine, sequences, tb)
+        produced = logprobs(r.engine, sequences, tb)
         logp = produced.pop("logp")
         fields = experience.row_fields(rows, logp.shape[1])
         fields["extra"].update(produced)
-        if r.reference is not None:
+        if r.reference is not None and (own or "logp_ref" in objective.requires):
             keys = [experience.reference_keys[i] for i in rows] if experience.reference_keys else None
             fields["logp_ref"] = r.reference(keys, tb, logp.dtype)
         batch = Batch(logp=logp, mask=tb.completion_mask.to(logp.dtype), group=tb.group, sign=tb.sign.to(logp.dtype),
                       step=whole, rows=torch.tensor(rows), **fields).to_device(r.device)
-        out = r.objective.loss(batch)
+        out = objective.loss(batch)
         if batch.logp_ref is not None:   # a diagnostic whether or not the loss has it
             out.metrics["kl_ref"] = reference_kl(batch)
         return out, sum(s.length for s in sequences)
@@ -68,14 +73,18 @@ def optimise(run: Run, experience: Experience, step: int) -> tuple[StepSums, flo
     chunks = [c.tolist() for c in torch.arange(len(experience.units)).tensor_split(procs.world * t.grad_accum)]
     mine = [chunk for chunk in chunks[procs.rank * t.grad_accum:(procs.rank + 1) * t.grad_accum] if chunk]
     loss_of = StepLoss(run)
-    micro_batches = [lambda chunk=chunk: loss_of(experience, experience.rows_of(chunk), whole) for chunk in mine]
+    micro_batches = [MicroBatch(partial(loss_of, whole=whole), experience, experience.rows_of(chunk)) for chunk in mine]
 
     latest, calls = [], [0]
 
-    def gradients() -> StepSums:   # key: (step, call) — an estimator's random draws repeat on resume
+    def gradients(estimator=None) -> StepSums:
+        """The run's gradient estimator (or an update rule's own, e.g. a curvature estimate) on the
+        step; key: (step, call), so an estimator's random draws repeat on resume."""
         key, calls[0] = step * 64 + calls[0], calls[0] + 1
-        latest[:] = [run.gradients(micro_batches, lambda loss: run.layout.backward(run.engine, loss), key)]
-        return latest[0]
+        sums = (estimator or run.gradients)(micro_batches, lambda loss: run.layout.backward(run.engine, loss), key)
+        if estimator is None:
+            latest[:] = [sums]
+        return sums
 
     def apply() -> float:   # a non-finite loss on any process: no process applies the step
         skip = procs.sum(float(not finite(latest[0].surrogate, latest[0].objective))) > 0

@@ -4,8 +4,9 @@ An update rule receives two closures, ``gradients()`` (run the gradient estimato
 be called more than once, e.g. by extragradient's two half steps) and ``apply()`` (the layout's
 reduction, clip and optimiser step; returns the gradient norm before clipping; it skips the step when
 the sums of the latest ``gradients()`` or the norm are not finite), and returns the step's sums and
-gradient norm. One optimiser step is the first rule; extragradient is the second; rules that refresh
-a curvature estimate every k steps (Sophia) plug in here.
+gradient norm. One optimiser step is the first rule; extragradient is the second; ``CurvatureRefresh``
+wraps either for Sophia, refreshing its curvature estimate every k steps (``gradients(estimator)`` runs
+another estimator, here a curvature estimate, on the same step).
 """
 from __future__ import annotations
 
@@ -73,6 +74,31 @@ class Extragradient:
         norm = apply()                        # θ_{k+1} = U(θ_k, s_k, ∇f(θ_{k+½})); skipped if non-finite
         full.metrics = {**full.metrics, "half_step_objective": half_objective, "half_step_grad_norm": half_norm}
         return full, norm
+
+
+@dataclass(frozen=True, eq=False)
+class CurvatureRefresh:
+    """Sophia's curvature refresh around another rule (Liu et al. 2024, Algorithm 3, "if t mod k = 1"):
+    on every k-th step (0-based step ≡ 0 mod k), before the update, the curvature estimator runs on the
+    step's data (``gradients(estimate)``, its own backward) and ``optimizer.refresh`` folds ĥ into
+    h ← β2 h + (1 − β2) ĥ; then ``rule`` takes the update. A non-finite ĥ is not folded in
+    (``curvature_skipped`` = 1 in the metrics)."""
+    rule: UpdateRule
+    optimizer: object
+    estimate: Callable
+    every: int
+
+    def __call__(self, step, gradients, apply):
+        refreshed = None
+        if step % self.every == 0:
+            estimates = gradients(self.estimate).direction
+            refreshed = all(bool(torch.isfinite(e).all()) for e in estimates)
+            if refreshed:
+                self.optimizer.refresh(dict(zip(self.estimate.params, estimates)))
+        sums, norm = self.rule(step, gradients, apply)
+        if refreshed is not None:
+            sums.metrics = {**sums.metrics, "curvature_skipped": float(not refreshed)}
+        return sums, norm
 
 
 def _copy(value):

@@ -41,3 +41,25 @@ def zo_rank_direction(values: list[float], directions: list[torch.Tensor], k: in
     for i, j in edges:
         direction += directions[j].to(torch.float64) - directions[i].to(torch.float64)
     return direction / len(edges)
+
+
+def antithetic_es(f: Callable[[torch.Tensor], float], theta: torch.Tensor, noise: list[torch.Tensor], sigma: float,
+                  centred_ranks: bool = False) -> torch.Tensor:
+    """Antithetic ES (Salimans et al. 2017, Algorithm 2 with mirrored sampling; the gradient of the
+    Gaussian smoothing of f): with returns F_i⁺ = f(θ + σε_i), F_i⁻ = f(θ − σε_i) for the N noise
+    vectors, ĝ = 1/(2Nσ) Σ_i (F_i⁺ − F_i⁻) ε_i. With centred ranks (§2.2; the authors'
+    ``compute_centered_ranks``), the 2N returns, laid out as the (N, 2) array of the authors'
+    code, are first replaced by rank/(2N − 1) − ½, rank 0 for the lowest (ties: their mean rank; the
+    paper does not say)."""
+    theta = theta.to(torch.float64)
+    returns = [[f(theta + sigma * e.to(torch.float64)), f(theta - sigma * e.to(torch.float64))] for e in noise]
+    if centred_ranks:
+        flat = [r for row in returns for r in row]
+        # rank = the number of returns below, plus half the other returns equal to it (a tie's mean rank)
+        ranks = [sum(r < v for r in flat) + (sum(r == v for r in flat) - 1) / 2 for v in flat]
+        shaped = [rank / (len(flat) - 1) - 0.5 for rank in ranks]
+        returns = [shaped[2 * i:2 * i + 2] for i in range(len(noise))]
+    estimate = torch.zeros_like(theta)
+    for (plus, minus), e in zip(returns, noise):
+        estimate += (plus - minus) * e.to(torch.float64)
+    return estimate / (2 * len(noise) * sigma)

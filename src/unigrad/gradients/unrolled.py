@@ -27,6 +27,9 @@ use at once (online); summed over an inner problem's truncations they estimate d
 The formulas are those of the authors' code (google-research ``persistent_es/gradient_estimators.py``;
 ES-Single also in OscarcarLi/Noise-Reuse-Evolution-Strategies); see ../shared/FORMULAS.md §23.
 
+The toys below are the papers'; ``gradients.hyper.ScheduleTuning`` is a real use: the learning-rate
+schedule of a short unigrad training run.
+
 Shapes: θ is a float64 vector (d,); a *state* is a tensor whose first axis indexes particles (one row
 per particle), so an estimator holds N states in one tensor; ``unroll`` takes θ as (P, d) — one row
 per particle — and returns the (P,) losses. Randomness comes from an explicitly seeded
@@ -46,8 +49,9 @@ DTYPE = torch.float64
 class UnrolledProblem(Protocol):
     """An inner problem unrolled in truncations. ``T``: inner steps before it resets; ``dim``: the
     size of θ; ``init_state(P)``: P fresh states (first axis the particle); ``unroll(state, theta,
-    K)``: K inner steps of every particle, θ of shape (P, d) — a differentiable torch function of θ —
-    returning (new state, (P,) losses of this truncation)."""
+    K)``: K inner steps of every particle, θ of shape (P, d), returning (new state, (P,) losses of
+    this truncation) — a differentiable torch function of θ where truncated backprop or
+    ``exact_gradient`` is to be used (the ES estimators need only its values)."""
     T: int
     dim: int
 
@@ -216,6 +220,28 @@ def make(name: str, problem: UnrolledProblem, K: int, particles: int = 100, sigm
     return ESTIMATORS[name](problem, K, particles, sigma, torch.Generator().manual_seed(seed))
 
 
+def meta_train(estimator: Estimator, theta0, iterations: int, optimiser, eval_every: int, evaluate=None) -> dict:
+    """θ trained online: after every truncation, the estimator's ĝ_t is the outer optimiser's
+    gradient (``optimiser([θ])``, e.g. Adam). Every ``eval_every`` iterations and at the end: θ and
+    ``evaluate(θ)`` (a dict of numbers; default ``{"meta_loss": L(θ)}`` of a fresh inner problem)."""
+    if evaluate is None:
+        evaluate = lambda theta: {"meta_loss": meta_loss(estimator.problem, theta, estimator.K)}
+    theta = torch.tensor(theta0, dtype=DTYPE, requires_grad=True)
+    opt = optimiser([theta])
+    curve = {"iteration": [], "theta": []}
+    for it in range(iterations + 1):
+        if it % eval_every == 0 or it == iterations:
+            curve["iteration"].append(it)
+            curve["theta"].append([float(v) for v in theta.detach()])
+            for key, value in evaluate(theta.detach()).items():
+                curve.setdefault(key, []).append(value)
+        if it == iterations:
+            break
+        theta.grad = estimator.step(theta.detach())
+        opt.step()
+    return curve
+
+
 # ---------------------------------------------------------------------------------------- toys
 
 class InfluenceBalancing:
@@ -288,5 +314,5 @@ class LearningRateSchedule:
 
 
 __all__ = ["DTYPE", "ESSingle", "ESTIMATORS", "Estimator", "InfluenceBalancing", "LearningRateSchedule", "PES",
-           "TruncatedBackprop", "TruncatedES", "UnrolledProblem", "antithetic", "exact_gradient", "make", "meta_loss",
+           "TruncatedBackprop", "TruncatedES", "UnrolledProblem", "antithetic", "exact_gradient", "make", "meta_loss", "meta_train",
            "toy_gradient", "toy_loss"]

@@ -9,9 +9,10 @@ the top k to each unranked point — so |E| = k(k−1)/2 + k(m−k). The directi
     S = (1/|E|) Σ_{(i,j)∈E} (ξ_j − ξ_i),        θ ← θ − η S.
 
 Collecting terms, the point ranked r-th (0-based, r < k) has coefficient −(m − 1 − 2r)/|E| and each
-unranked point +k/|E|. Here the oracle ranks by the method's objective value on the step's data
-(lower is better; ties keep the query order), summed over processes; the points are made in place
-from seeds as in MeZO, so the direction leaves the step as a ``SeededDirection``.
+unranked point +k/|E|. The ranking comes from the oracle's keys (``oracles``, lower ranks higher, ties
+by query order, summed over processes): the objective value, −mean reward of greedy completions, or
+minus total wins under pairwise preferences of the points' completions. The points are made in
+place from seeds as in MeZO (``seeded``), so the direction leaves the step as a ``SeededDirection``.
 """
 from __future__ import annotations
 
@@ -21,13 +22,13 @@ from typing import Callable
 import torch
 
 from unigrad.gradients.base import StepSums
-from unigrad.gradients.mezo import MeZO, SeededDirection, _forward_only, materialise, perturb
+from unigrad.gradients.oracles import ObjectiveOracle, ranking
+from unigrad.gradients.seeded import SeededDirection, forward_only, materialise, perturb, seed_of
 
 
-def rank_coefficients(values: list[float], k: int) -> list[float]:
-    """Each query's coefficient in S, from the objective values (lower ranks higher) and the top k revealed."""
-    m = len(values)
-    order = sorted(range(m), key=lambda i: (values[i], i))
+def order_coefficients(order: list[int], k: int) -> list[float]:
+    """Each query's coefficient in S, from the ranking ``order`` (best first) with its top k revealed."""
+    m = len(order)
     edges = k * (k - 1) // 2 + k * (m - k)
     coefficients = [k / edges] * m
     for r, i in enumerate(order[:k]):
@@ -35,10 +36,26 @@ def rank_coefficients(values: list[float], k: int) -> list[float]:
     return coefficients
 
 
+def rank_coefficients(values: list[float], k: int) -> list[float]:
+    """Each query's coefficient in S, from the values (lower ranks higher) and the top k revealed."""
+    return order_coefficients(ranking(values), k)
+
+
+def observe_queries(model, params, seeds: list[int], mu: float, oracle, micro_batches, sums: StepSums):
+    """The oracle's observation at θ + μ ξ(s) for each seed (θ restored after each) and ‖ξ(s)‖²."""
+    observations, norms2 = [], []
+    with forward_only(model):
+        for i, seed in enumerate(seeds):
+            norms2.append(perturb(params, seed, mu, norm=True))
+            observations.append(oracle.observe(micro_batches, sums if i == 0 else None))
+            perturb(params, seed, -mu)
+    return observations, norms2
+
+
 @dataclass
 class ZORank:
-    """m seeded queries θ + μ ξ_i ranked by the objective (see the module docstring); ``top``: k
-    (None: all m ranked). Shares MeZO's seeding, evaluation and update path."""
+    """m seeded queries θ + μ ξ_i ranked by the oracle (see the module docstring); ``top``: k
+    (None: all m ranked). Shares MeZO's seeding and in-place path."""
     model: torch.nn.Module
     params: list
     queries: int = 4
@@ -48,29 +65,23 @@ class ZORank:
     total: Callable[[float], float] = lambda value: value
     world: int = 1
     into_grad: bool = True
-    norms: list = field(default_factory=list)
+    oracle: object = field(default_factory=ObjectiveOracle)
 
     def __call__(self, micro_batches, backward, key: int = 0) -> StepSums:
-        probe = MeZO(self.model, self.params, seed=self.seed)          # its seeding and evaluation
-        sums, seeds, values, local = StepSums(), [], [], []
-        self.norms = []
-        with _forward_only(self.model):
-            for i in range(self.queries):
-                seed = probe.seed_of(key, i)
-                self.norms.append(perturb(self.params, seed, self.mu))
-                value = probe._value(micro_batches, sums if i == 0 else None)
-                perturb(self.params, seed, -self.mu)
-                seeds.append(seed)
-                local.append(value)
-                values.append(self.total(value))
-        k = self.queries if self.top is None else self.top
-        coefficients = rank_coefficients(values, k)
+        sums = StepSums()
+        seeds = [seed_of(self.seed, key, i) for i in range(self.queries)]
+        observations, norms2 = observe_queries(self.model, self.params, seeds, self.mu, self.oracle, micro_batches, sums)
+        local = self.oracle.keys(observations)
+        values = [self.total(v) for v in local]
+        coefficients = rank_coefficients(values, self.queries if self.top is None else self.top)
         sums.tokens *= self.queries
         sums.objective = sums.surrogate = sum(local) / self.queries
         sums.metrics["best_query_objective"] = min(values)
-        sums.direction = SeededDirection(tuple(seeds), tuple(coefficients))
+        sums.direction = SeededDirection(tuple(seeds), tuple(coefficients), tuple(norms2))
         if self.into_grad:
             materialise(self.params, sums.direction, 1.0 / self.world)
         return sums
 
-    norm = MeZO.norm
+    @staticmethod
+    def norm(direction: SeededDirection) -> float:
+        return direction.norm()

@@ -22,6 +22,7 @@ from torch import Tensor
 from unigrad.logprobs.best_other import TOP_OTHER_FIELDS, token_logprobs_with_top_other
 from unigrad.logprobs.shared_prompt import shared_prompt_logprobs, shares_prompts
 from unigrad.logprobs.support import DISTILL_FIELDS, distill_fields
+from unigrad.logprobs.sampled import sampled_label_logprobs
 from unigrad.logprobs.token import token_logprobs
 from unigrad.tokens import Sequence, TokenBatch
 
@@ -82,6 +83,19 @@ class TeacherSupport:
         return {"logp": fields["student_logp_target"], **fields}
 
 
+@dataclass(frozen=True)
+class SampledLabels:
+    """``logp`` = log p_θ(ŷ_t) of labels ŷ_t drawn from the model at each completion position
+    (``sampled_label_logprobs``, from ``seed``): the Gauss–Newton–Bartlett curvature estimate's
+    read-out, not an objective's (it is not in the table)."""
+    chunk_size: int
+    seed: int = 0
+    provides: ClassVar[frozenset[str]] = frozenset({"logp"})
+
+    def __call__(self, engine, sequences: _Seq[Sequence], tb: TokenBatch) -> dict[str, Tensor]:
+        return {"logp": engine(sampled_label_logprobs, tb, self.chunk_size, self.seed)}
+
+
 # Every field some producer can fill.
 PRODUCED_FIELDS: frozenset[str] = TokenLogprobs.provides | BestOtherToken.provides | TeacherSupport.provides
 
@@ -102,5 +116,5 @@ def choose_producer(requires: frozenset[str], candidates: _Seq[LogProbProducer])
                      f"them together); the producers offer {offered}")
 
 
-__all__ = ["BestOtherToken", "LogProbProducer", "PRODUCED_FIELDS", "TeacherSupport", "TokenLogprobs",
+__all__ = ["BestOtherToken", "LogProbProducer", "PRODUCED_FIELDS", "SampledLabels", "TeacherSupport", "TokenLogprobs",
            "choose_producer"]

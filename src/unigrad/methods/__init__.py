@@ -11,6 +11,7 @@ from unigrad.methods.offline import a_lol, a_lol_kl, a_lol_ref_free, a_lol_seq, 
 from unigrad.methods.unlearning import flat, ga, grad_diff, ihl, npo, safe_align
 from unigrad.methods.rl import dapo, dr_grpo, grpo, gspo, hpt, reinforce, reinforce_pp, rloo
 from unigrad.methods.distill import bd_kd, kd_forward, kd_js, kd_reverse, pld, sinkd
+from unigrad.methods.nash import nash_md, nash_mp
 
 REGISTRY = {
     "sft": sft,
@@ -45,6 +46,8 @@ REGISTRY = {
     "bd-kd": bd_kd,
     "sinkd": sinkd,
     "pld": pld,
+    "nash-md": nash_md,
+    "nash-mp": nash_mp,
 }
 
 

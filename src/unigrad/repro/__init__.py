@@ -20,6 +20,10 @@ REGISTRY: dict[str, str] = {      # name -> module[:attribute] (imported when as
     "mezo-memory": "unigrad.repro.mezo:MEMORY",
     "mezo-curve": "unigrad.repro.mezo:CURVE",
     "pes-bias": "unigrad.repro.pes",
+    "pes-lr-schedule": "unigrad.repro.pes:SCHEDULE",
+    "zo-rank-toy": "unigrad.repro.zo_rank",
+    "sophia-vs-adamw": "unigrad.repro.sophia",
+    "nash-mp-rate": "unigrad.repro.nash",
 }
 
 

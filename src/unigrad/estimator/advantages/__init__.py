@@ -6,6 +6,7 @@
     offline.py      LeftoverAdvantage                                    A-LoL
     probability.py  TokenProbability, FlatTemplate, FlatForget           IHL's terms, FLAT
     unlearning.py   LogSigmoidRatio, ReferenceKL, SafeAlignWeight        NPO, DDO, grad-diff KL, SAFE-ALIGN
+    nash.py         NashAdvantage against a GeometricMixture opponent     Nash-MD, Nash-MP
 """
 from unigrad.estimator.advantages.constant import Chosen, Constant, RowsConstant
 from unigrad.estimator.advantages.preference import (
@@ -19,11 +20,12 @@ from unigrad.estimator.advantages.group import (
 from unigrad.estimator.advantages.offline import LeftoverAdvantage, leftover_advantage
 from unigrad.estimator.advantages.probability import FLAT_DIVERGENCES, FlatForget, FlatTemplate, TokenProbability
 from unigrad.estimator.advantages.unlearning import LogSigmoidRatio, ReferenceKL, SafeAlignWeight
+from unigrad.estimator.advantages.nash import GeometricMixture, NashAdvantage
 
 __all__ = [
     "AbsoluteLikelihood", "Chosen", "Constant", "FDivergenceReward", "FLAT_DIVERGENCES", "FlatForget", "FlatTemplate",
-    "GlobalNormalised", "GroupCentred", "GroupNormalised", "ImpliedReward", "LeaveOneOut", "LeftoverAdvantage",
-    "LengthNormalisedReward", "Link", "LogOdds", "LogSigmoidRatio", "Logistic", "PairwisePreference", "ReferenceKL",
+    "GeometricMixture", "GlobalNormalised", "GroupCentred", "GroupNormalised", "ImpliedReward", "LeaveOneOut", "LeftoverAdvantage",
+    "LengthNormalisedReward", "Link", "LogOdds", "LogSigmoidRatio", "Logistic", "NashAdvantage", "PairwisePreference", "ReferenceKL",
     "Reinforce", "RowsConstant", "SafeAlignWeight", "Score", "Squared", "TokenProbability", "group_index",
     "group_mean", "group_std", "group_sums", "leftover_advantage", "pair_rows",
 ]
