@@ -139,11 +139,15 @@ def _methods(_args) -> int:
 
 
 def _add_eval_parser(commands) -> None:
-    ev = commands.add_parser("eval", help="accuracy, mean reward, pass@k and best-of-n of a model on prompts")
+    ev = commands.add_parser("eval", help="accuracy, mean reward, pass@k and best-of-n of a model on prompts; "
+                                          "pair accuracy of a reward model on preference pairs")
     ev.add_argument("--model", default="smollm2-135m-instruct",
-                    help="smollm2-135m-instruct (default), tiny-random, a model folder (e.g. runs/x/final) or a Hub id")
+                    help="smollm2-135m-instruct (default), tiny-random, a model folder (e.g. runs/x/final) or a Hub id; "
+                         "a reward model (a reward-model run's folder or its final/) is scored on pairs (--data, "
+                         "default: the run's data.eval)")
     source = ev.add_mutually_exclusive_group()
-    source.add_argument("--data", help="a prompts file (prompt, answer): JSONL, JSON, Parquet or a datasets folder")
+    source.add_argument("--data", help="a prompts file (prompt, answer): JSONL, JSON, Parquet or a datasets folder; "
+                                       "for a reward model, a pairs file (prompt, chosen, rejected)")
     source.add_argument("--task", choices=["arithmetic"], help="a built-in task's test split (the default: arithmetic)")
     ev.add_argument("--difficulty", type=int, default=2, help="arithmetic level 1-5 (default 2)")
     ev.add_argument("--num-test", type=int, default=50,
@@ -180,6 +184,9 @@ def _eval(args) -> int:
         value = getattr(args, name)
         if value is not None and value < (0 if name == "samples" else 1):
             raise ConfigError(f"--{name.replace('_', '-')} must be >= {0 if name == 'samples' else 1}, got {value}")
+    reward_model = _reward_model_folder(args.model)
+    if reward_model:
+        return _eval_pairs(args, *reward_model)
     try:
         reward = load_reward(args.reward)
         select = None
@@ -219,6 +226,56 @@ def _eval(args) -> int:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w", encoding="utf-8") as f:
             json.dump(result, f, indent=1, ensure_ascii=False)
+        print(f"written to {args.out}")
+    return 0
+
+
+def _reward_model_folder(model: str):
+    """(reward-model folder, its run's config dict or None) when ``model`` is a reward model: a
+    sequence-classification folder, or a run folder whose final/ is one; else None."""
+    import json
+    from pathlib import Path
+
+    from unigrad.models import is_score_folder
+    path = Path(os.path.expanduser(model))
+    if not path.is_dir():
+        return None
+    if is_score_folder(path):
+        run = path.parent / "config.json" if path.name == "final" else None
+    elif is_score_folder(path / "final"):
+        path, run = path / "final", path / "config.json"
+    else:
+        return None
+    return str(path), (json.loads(run.read_text()) if run is not None and run.is_file() else None)
+
+
+def _eval_pairs(args, folder: str, run: dict | None) -> int:
+    """``unigrad eval`` of a reward model: held-out pair accuracy and mean margin on a pairs file."""
+    import json
+
+    import torch
+
+    from unigrad.data.sources import resolve_data_path
+    from unigrad.evaluate import evaluate_pairs, format_pairs_table
+    from unigrad.rewards import RewardModel
+    if args.task:
+        raise ConfigError(f"--task: {args.model} is a reward model, scored on preference pairs (--data), not on a task's prompts")
+    data = (run or {}).get("data", {})
+    path = args.data or data.get("eval")
+    if not path:
+        raise ConfigError(f"--data: {args.model} is a reward model; give the preference pairs to score it on "
+                          f"(a pairs file: prompt, chosen, rejected)")
+    path = resolve_data_path(path, None)
+    reward_model = RewardModel(folder, batch_size=args.batch_size, device="cuda" if torch.cuda.is_available() else "cpu")
+    print(f"unigrad eval: reward model {folder} on pairs {path}", file=sys.stderr)
+    result = evaluate_pairs(reward_model, path, max_length=int(data.get("max_length", 512)),
+                            truncation=bool(data.get("truncation", False)), limit=args.limit)
+    result = {"model": folder, "data": path, **result}
+    print(format_pairs_table(result))
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=1)
         print(f"written to {args.out}")
     return 0
 

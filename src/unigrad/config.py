@@ -94,6 +94,39 @@ class TeacherConfig:
 
 
 @dataclass(frozen=True)
+class PreferenceConfig:
+    """The preference model P(y ≻ y′ | x) of on-policy preference methods (``unigrad.rewards.preferences``):
+    ``rule`` (1 / 0 / ½ from ``function`` or, unset, the run's reward.function), ``reward-model``
+    (σ(r(y) − r(y′)) from the reward model in ``model``), ``judge`` (the pairwise judge LM ``model``, both
+    orders averaged; ``template`` with {prompt}, {a}, {b}) or ``function`` (a user's module:function).
+    ``model`` is a model role like model.name, or ``policy`` (a frozen copy of the initial policy).
+    ``ties``: a pair the preference cannot split (P = ½) is dropped (a step of ties only has no gradient),
+    or kept in the sampled order."""
+    kind: Literal["rule", "reward-model", "judge", "function"] = "rule"
+    model: Union[str, None] = None
+    function: Union[str, None] = None
+    template: Union[str, None] = None        # the judging prompt; null: the default (preferences.DEFAULT_TEMPLATE)
+    batch_size: int = 8                      # pairs' judging prompts (or texts scored) per forward pass
+    max_length: Union[int, None] = None      # judging prompts cut to their last N tokens (null: whole)
+    ties: Literal["drop", "keep"] = "drop"
+
+
+@dataclass(frozen=True)
+class IterationsConfig:
+    """Batched on-policy iterations of preference pairs (DNO; ``experience.iterations``): every ``steps``
+    optimiser steps the policy samples ``samples`` responses for ``prompts`` prompts (null: all), the
+    preference model scores them (win rates), pairs are formed by the margin rule and the reference
+    becomes the policy of the iteration's start."""
+    steps: int = 0                           # optimiser steps per iteration (0: no iterations)
+    prompts: Union[int, None] = None         # prompts sampled per iteration (null: every training prompt)
+    samples: int = 5                         # K responses per prompt
+    gold: bool = False                       # add each prompt's demonstration as a candidate
+    margin: float = 0.5                      # a negative's win rate at least this far below its positive's
+    min_score: Union[float, None] = None     # a positive's least win rate (null: the prompt's best)
+    carry: tuple = (0.3, 0.15)               # shares of iterations t−1, t−2, …'s new pairs added to iteration t
+
+
+@dataclass(frozen=True)
 class ReferenceConfig:
     precompute: bool = True                  # reference log-probs for the whole dataset once, then no reference model
 
@@ -157,6 +190,8 @@ class RunConfig:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
+    preference: PreferenceConfig = field(default_factory=PreferenceConfig)
+    iterations: IterationsConfig = field(default_factory=IterationsConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     output_dir: str = "runs/unigrad"
     source: Union[str, None] = None          # the file it was read from (set by load_config)
@@ -265,6 +300,8 @@ def validate(config: RunConfig) -> RunConfig:
         raise ConfigError(f"data.on_policy_fraction: must be in [0, 1], got {config.data.on_policy_fraction}")
     if config.data.on_policy_fraction and config.data.format == "prompts":
         raise ConfigError("data.on_policy_fraction: with data.format: prompts every step is on-policy already")
+    _positive("preference.batch_size", config.preference.batch_size)
+    _positive("preference.max_length", config.preference.max_length)
     if not isinstance(config.method, dict) or not config.method:
         raise ConfigError("method: expected a mapping such as {name: dpo, beta: 0.1} or {parts: {...}}")
     return config

@@ -14,6 +14,10 @@ and a method's objective on a held-out split during training.
 
 The result is a flat dict of numbers (JSON-ready) plus ``records``: per prompt, the prompt, answer,
 greedy completion and reward, and the samples with their rewards.
+
+``evaluate_pairs`` scores a reward model on preference pairs (a ``pairs`` file): ``pair_accuracy``,
+the fraction of pairs with r(x, y⁺) > r(x, y⁻) (ties count ½; chance is 0.5), and ``margin_mean``,
+the mean r⁺ − r⁻, on the tokens a ``reward-model`` run trains on.
 """
 from __future__ import annotations
 
@@ -235,7 +239,47 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(f"{a:<{width}}  {b}" for a, b in rows)
 
 
-__all__ = ["as_examples", "evaluate_prompts", "format_table", "mean_pass_at_k", "pass_at_k"]
+# ------------------------------------------------------------------------------------------ reward models
+
+def pair_accuracy(chosen: torch.Tensor, rejected: torch.Tensor) -> float:
+    """(1/P) Σ_p [1(r⁺_p > r⁻_p) + ½ 1(r⁺_p = r⁻_p)]: how often the reward model ranks a pair as the data does."""
+    if chosen.shape != rejected.shape or chosen.numel() == 0:
+        raise ValueError(f"pair accuracy needs as many chosen as rejected scores, at least one; got "
+                         f"{tuple(chosen.shape)} and {tuple(rejected.shape)}")
+    return float(((chosen > rejected).double() + 0.5 * (chosen == rejected).double()).mean())
+
+
+def evaluate_pairs(reward_model, path: str, max_length: int = 512, truncation: bool = False,
+                   limit: int | None = None) -> dict[str, Any]:
+    """``reward_model`` (a ``rewards.RewardModel``) on the preference pairs in ``path`` (``pairs`` format,
+    tokenised as a training run tokenises them, cut to ``max_length``): ``num_pairs``, ``pair_accuracy``,
+    ``margin_mean`` (mean r⁺ − r⁻), ``score_chosen_mean``, ``score_rejected_mean``, ``seconds``."""
+    from unigrad.data import load_dataset_sequences
+    started = time.perf_counter()
+    sequences = load_dataset_sequences(path, "pairs", reward_model.tokenizer, max_length, truncation, limit=limit)
+    if not sequences:
+        raise ValueError(f"{path}: no pairs")
+    scores = reward_model.score_ids([s.prompt_ids + s.completion_ids for s in sequences]).double()
+    signs = torch.tensor([s.sign for s in sequences])
+    chosen, rejected = scores[signs > 0], scores[signs < 0]   # chosen then rejected, pair by pair
+    return {"num_pairs": int(chosen.numel()), "pair_accuracy": pair_accuracy(chosen, rejected),
+            "margin_mean": float((chosen - rejected).mean()), "score_chosen_mean": float(chosen.mean()),
+            "score_rejected_mean": float(rejected.mean()), "seconds": time.perf_counter() - started}
+
+
+def format_pairs_table(result: dict[str, Any]) -> str:
+    """The headline numbers of ``evaluate_pairs``' result as a small two-column table."""
+    rows = [("pairs", str(result["num_pairs"])),
+            ("pair accuracy (r+ > r-, chance 0.5)", f"{result['pair_accuracy']:.4f}"),
+            ("mean margin r+ - r-", f"{result['margin_mean']:.4f}"),
+            ("mean score chosen / rejected", f"{result['score_chosen_mean']:.4f} / {result['score_rejected_mean']:.4f}"),
+            ("seconds", f"{result['seconds']:.1f}")]
+    width = max(len(a) for a, _ in rows)
+    return "\n".join(f"{a:<{width}}  {b}" for a, b in rows)
+
+
+__all__ = ["as_examples", "evaluate_pairs", "evaluate_prompts", "format_pairs_table", "format_table", "mean_pass_at_k",
+           "pair_accuracy", "pass_at_k"]
 
 
 # ------------------------------------------------------------------------------------------ during training

@@ -16,8 +16,12 @@
 A tokenizer without an EOS token is refused (completions could not end, generation could not stop);
 one without a pad token pads with EOS, saying so in the log.
 
+``load_model(name, head="score")`` gives a reward model instead: any of the above with a one-output
+sequence-classification head on its body (``score_model``), or a saved reward-model folder as it is.
+
 ``save_model(model, tokenizer, folder)`` writes a folder that ``AutoModelForCausalLM.from_pretrained``
-loads; a peft model is saved with its adapters merged into full weights.
+(a reward model: ``AutoModelForSequenceClassification.from_pretrained``) loads; a peft model is saved
+with its adapters merged into full weights.
 """
 from __future__ import annotations
 
@@ -34,6 +38,7 @@ import torch
 
 EMBEDDED_MODEL = "smollm2-135m-instruct"
 TINY_RANDOM = "tiny-random"
+HEADS = ("lm", "score")   # what a run trains: the causal LM, or a one-output score head (a reward model)
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -321,12 +326,33 @@ def _load_local(folder: str, dtype, trust_remote_code: bool):
 
 
 def load_model(name: str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
-               trust_remote_code: bool = False):
+               trust_remote_code: bool = False, head: str = "lm"):
     """Load ``(model, tokenizer)`` by name (see the module docstring); the model is in eval mode.
 
     The tokenizer always has an eos token, a pad token (eos when the model has none) and a chat
-    template where the vocabulary has ChatML tokens.
+    template where the vocabulary has ChatML tokens. ``head``: ``"lm"``, the causal LM; ``"score"``,
+    a reward model: a folder holding one is loaded as it is, any other model gets a one-output
+    sequence-classification head on its body (``score_model``).
     """
+    if head not in HEADS:
+        raise ModelError(f"model head {head!r}: expected one of {', '.join(HEADS)}")
+    folder = os.path.expanduser(str(name))
+    if os.path.isdir(folder) and is_score_folder(folder):
+        if head != "score":
+            raise ModelError(f"{name}: the folder holds a sequence-classification (reward) model, not a causal LM; "
+                             f"use it as reward.function, or give a causal LM here")
+        return _load_score_folder(folder, dtype, device, trust_remote_code)
+    model, tokenizer = _load_lm(name, dtype, trust_remote_code)
+    _finish_tokenizer(tokenizer, str(name))
+    if head == "score":
+        model = score_model(model)
+    _sync_special_ids(model, tokenizer)
+    model.to(device)
+    model.eval()
+    return model, tokenizer
+
+
+def _load_lm(name: str, dtype: torch.dtype, trust_remote_code: bool):
     if name == TINY_RANDOM or str(name).startswith(TINY_RANDOM + ":"):   # tiny-random:SEED for distinct tiny models
         tokenizer = tiny_tokenizer()
         seed = int(str(name).split(":", 1)[1]) if ":" in str(name) else 0
@@ -350,11 +376,73 @@ def load_model(name: str, dtype: torch.dtype = torch.float32, device: str | torc
                 f"(it is not a folder, not one of {EMBEDDED_MODEL!r} / {TINY_RANDOM!r}, and loading it "
                 f"from the Hub failed: {type(e).__name__}: {e})"
             ) from e
-    _finish_tokenizer(tokenizer, str(name))
-    _sync_special_ids(model, tokenizer)
-    model.to(device)
-    model.eval()
     return model, tokenizer
+
+
+# --------------------------------------------------------------------------------- score models
+
+def is_score_folder(folder: str | os.PathLike) -> bool:
+    """Whether ``folder``'s config.json names a ``*ForSequenceClassification`` architecture."""
+    import json
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        return False
+    try:
+        architectures = json.loads(path.read_text()).get("architectures") or []
+    except (OSError, ValueError):
+        return False
+    return any(str(a).endswith("ForSequenceClassification") for a in architectures)
+
+
+def is_score_model(model) -> bool:
+    """Whether ``model`` (or the model a peft wrapper holds) is a sequence-classification model."""
+    inner = model.get_base_model() if is_peft(model) else model
+    return type(inner).__name__.endswith("ForSequenceClassification")
+
+
+def score_model(lm, seed: int = 0):
+    """A reward model on the causal LM ``lm``: ``AutoModelForSequenceClassification`` built from its config
+    with ``num_labels=1``, the body's weights copied and the score head w ~ N(0, 1/(d+1)²) (d the hidden
+    size; OpenRLHF's value-head initialisation: small, so the first scores are near 0; from ``seed``,
+    leaving the global RNG alone). The score of a sequence is the head at its last non-pad token."""
+    from transformers import AutoModelForSequenceClassification
+
+    config = copy.deepcopy(lm.config)
+    config.num_labels = 1
+    config.problem_type = "regression"
+    config.architectures = None
+    dtype = next(lm.parameters()).dtype
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForSequenceClassification.from_config(config).to(dtype)
+        hidden = config.get_text_config().hidden_size
+        with torch.no_grad():
+            model.score.weight.normal_(0.0, 1.0 / (hidden + 1))
+            if getattr(model.score, "bias", None) is not None:
+                model.score.bias.zero_()
+    missing, unexpected = model.base_model.load_state_dict(lm.base_model.state_dict(), strict=False)
+    if missing or unexpected:
+        raise ModelError(f"cannot put a score head on {type(lm).__name__}: its body's weights do not fit "
+                         f"{type(model).__name__} (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    return model
+
+
+def _load_score_folder(folder: str, dtype, device, trust_remote_code: bool):
+    """A saved reward model (``AutoModelForSequenceClassification``, safetensors) and its tokenizer."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    check_model_folder(folder)
+    extra = {"trust_remote_code": True} if trust_remote_code else {}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, **extra)
+        model = AutoModelForSequenceClassification.from_pretrained(folder, dtype=dtype, use_safetensors=True, **extra)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{folder}: cannot load the reward model ({type(e).__name__}: {' '.join(str(e).split())})") from None
+    if getattr(model.config, "num_labels", 1) != 1:
+        raise ModelError(f"{folder}: a reward model has one output (num_labels=1), this one has {model.config.num_labels}")
+    _finish_tokenizer(tokenizer, folder)
+    _sync_special_ids(model, tokenizer)
+    return model.to(device).eval(), tokenizer
 
 
 # --------------------------------------------------------------------------------------- saving
@@ -386,6 +474,6 @@ def save_model(model, tokenizer, folder: str | os.PathLike, weights: dict | None
 
 
 __all__ = [
-    "ModelError", "load_model", "save_model", "tiny_random_model", "tiny_tokenizer", "cache_dir",
+    "HEADS", "ModelError", "is_score_folder", "is_score_model", "load_model", "save_model", "score_model", "tiny_random_model", "tiny_tokenizer", "cache_dir",
     "embedded_gguf_path", "embedded_model_folder", "EMBEDDED_MODEL", "TINY_RANDOM",
 ]

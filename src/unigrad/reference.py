@@ -81,3 +81,16 @@ class Reference:
             with inner.disable_adapter():
                 return self.model(reference_logprobs, tb, self.chunk_size).to(dtype)
         return self.model(reference_logprobs, tb, self.chunk_size).to(dtype)
+
+
+def snapshot_logprobs(model, sequences: list, pad_id: int, batch_size: int, chunk_size: int = 1024) -> torch.Tensor:
+    """[N, T] log π of each sequence's completion tokens under ``model`` as it is now (0 past its end):
+    the reference of a method whose reference is the policy at some earlier step (DNO's π_t), fixed
+    when the data are made instead of holding a copy of those weights."""
+    width = max([len(s.completion_ids) for s in sequences] + [1])
+    out = torch.zeros(len(sequences), width)
+    for start in range(0, len(sequences), batch_size):
+        part = sequences[start:start + batch_size]
+        logp = reference_logprobs(model, collate(part, pad_id), chunk_size).float().cpu()
+        out[start:start + len(part), :logp.shape[1]] = logp[:, :width]
+    return out

@@ -24,17 +24,24 @@ from unigrad.data.prompts import load_prompt_splits
 from unigrad.data.sources import resolve_data_path
 from unigrad.evaluate import evaluate_greedy, evaluate_objective
 from unigrad.experience import DatasetSource, OnPolicySamples, RolloutSource, Split, demonstration_rows
+from unigrad.experience.iterations import IterationPairs
+from unigrad.experience.preference_pairs import PreferencePairs, emits_for, fields as preference_fields
 from unigrad.gradients import ZEROTH_ORDER, SeededSGD, estimator
 from unigrad.gradients.curvature import curvature
 from unigrad.guards import NonFiniteGuard, fingerprint
 from unigrad.logprobs.producers import BestOtherToken, TeacherSupport, TokenLogprobs, choose_producer
+from unigrad.logprobs.scores import SequenceScores
 from unigrad.methods.compose import build_objective
-from unigrad.methods.nash import check_update_rule_for
+from unigrad.methods.preference import on_policy
+from unigrad.methods.nash import check_experience_for, check_update_rule_for
+from unigrad.objectives.reward_model import check_score_run
 from unigrad.models import load_model
 from unigrad.optim import Sophia, check_in_backward, check_sophia, make_optimizer
 from unigrad.parallel import choose_layout, processes
-from unigrad.reference import Reference
-from unigrad.roles import INITIAL_POLICY, Role, load_role
+from unigrad.rollout.hf import geometric_mixture
+from unigrad.reference import Reference, snapshot_logprobs
+from unigrad.rewards.preferences import build_preference
+from unigrad.roles import INITIAL_POLICY, Role, load_role, load_role_and_tokenizer
 from unigrad.updates import CurvatureRefresh, check_update_rule, update_rule
 
 log = logging.getLogger("unigrad")
@@ -46,9 +53,8 @@ HINTS = {
     "is_demo": "mixing SFT into RL needs data.format: prompts with demonstrations",
     "sign": "this objective compares chosen and rejected (or forget and retain) rows; use data.format: pairs or forget",
     "teacher_logp_topk": "this method distils a teacher; give the teacher model in teacher.name (like model.name)",
-    "preference": ("P(y ≻ y′) against an opponent's sample comes from a preference model, which the language-model "
-                   "loop does not have yet (not implemented); the Nash methods run today on the tabular game, "
-                   "unigrad.games.tabular, and in `unigrad repro nash-mp-rate`"),
+    "preference": ("P(y ≻ y′) against an opponent's sample comes from the policy's own samples compared by the "
+                   "preference model (preference:); use data.format: prompts"),
 }
 
 
@@ -115,6 +121,36 @@ def _load_reward(config: RunConfig):
         return load_reward(config.reward.function)
     except (ValueError, ImportError, AttributeError) as error:
         raise ConfigError(f"reward.function: {error}") from None
+
+
+def preference_shape(objective, config: RunConfig) -> str | None:
+    """The on-policy preference experience an online objective reads (``experience.preference_pairs.emits_for``:
+    ranked pairs when it reads ``sign``, P(y ≻ y′) per sample when it reads ``preference``); None: rollouts
+    scored by the reward. An objective for the policy's own samples only (``OnPolicy``) refuses offline data."""
+    if config.data.format != "prompts":
+        if on_policy(objective):
+            raise ConfigError(f"method: {config.method.get('name', 'this method')} trains on the policy's own samples, "
+                              f"ranked by the preference model; set data.format: prompts (a built-in data.task or "
+                              f"prompt files) instead of {config.data.format!r}")
+        return None
+    return emits_for(objective.requires)
+
+
+def preference_opponent(objective) -> float:
+    """β of the opponent y′ ~ π^(1−β) μ^β of per-sample preferences (Nash-MD's geometric mixture of the
+    policy and the reference); 0: the policy itself (self-play)."""
+    advantage = getattr(getattr(objective, "objective", objective), "advantage", None)
+    return float(getattr(getattr(advantage, "opponent", None), "beta", 0.0))
+
+
+def _mixture_reference(config: RunConfig, model, layout, device, dtype):
+    """μ for the geometric-mixture sampler: a frozen, whole copy of the initial policy (the sampler reads
+    its logits at every decode step next to the policy's)."""
+    try:
+        return load_role(Role("mixture", INITIAL_POLICY, prepared=False), model, layout, device, dtype)
+    except ValueError as error:
+        raise ConfigError(f"method: sampling the opponent from the geometric mixture needs a whole copy of the "
+                          f"initial policy ({error}); set model.lora: null or method.beta: 0") from None
 
 
 def _load_split(config: RunConfig, tokenizer, path: str | None, name: str) -> Split | None:
@@ -224,13 +260,20 @@ def assemble(config: RunConfig) -> Run:
     check_update_rule(t.update_rule, layout, t.optimizer_in_backward)
     objective = build_objective(config.method)
     check_update_rule_for(objective, t.update_rule)
+    check_score_run(objective, config)
+    emit = preference_shape(objective, config)
+    check_experience_for(objective, config.iterations.steps)
+    iterative = online and config.iterations.steps > 0       # DNO's batched on-policy iterations of pairs
+    if config.iterations.steps and not online:
+        raise ConfigError("iterations.steps: iterations sample from the policy; set data.format: prompts")
     out_dir = Path(config.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if t.threads:
         torch.set_num_threads(t.threads)
     seed_everything(t.seed)
     model, tokenizer = load_model(config.model.name, dtype=dtype, device=device,
-                                  trust_remote_code=config.model.trust_remote_code)
+                                  trust_remote_code=config.model.trust_remote_code,
+                                  head=getattr(objective, "trains", "lm"))   # "score": a reward model
     pad_id = tokenizer.pad_token_id
 
     # ---- what the run can provide, checked against what the objective requires; then the data
@@ -239,13 +282,18 @@ def assemble(config: RunConfig) -> Run:
         train_prompts, eval_prompts = load_prompt_splits(config, tokenizer, lambda p: resolve_data_path(p, config.source))
         if "is_demo" in objective.requires:
             demonstrations = demonstration_rows(train_prompts, tokenizer, d.max_length)
-        provided = RolloutSource.fields(demonstrations is not None)
+        if config.iterations.gold:
+            demonstrations = demonstration_rows(train_prompts, tokenizer, d.max_length)
+        provided = (IterationPairs.provides if iterative else preference_fields(emit) if emit else
+                    RolloutSource.fields(demonstrations is not None))
     else:
         provided = formats.provides(d.format)
-    candidates = [TokenLogprobs(t.chunk_size, pad_id, t.share_prompts, layout.agree), BestOtherToken(t.chunk_size)]
+    candidates = [TokenLogprobs(t.chunk_size, pad_id, t.share_prompts, layout.agree), BestOtherToken(t.chunk_size),
+                  SequenceScores(pad_id)]
     if config.teacher.name:
         candidates.append(TeacherSupport(None, config.teacher.k, t.chunk_size, config.teacher.temperature))
-    with_reference = "logp_ref" in objective.requires or t.track_kl
+    # the experience may bring its own reference (DNO's π_t): then no reference model is held
+    with_reference = ("logp_ref" in objective.requires or t.track_kl) and "logp_ref" not in provided
     check_requirements(objective, provided | frozenset().union(*(c.provides for c in candidates)) | {"logp_ref"}, config)
     if d.on_policy_fraction and with_reference and config.reference.precompute:
         raise ConfigError("data.on_policy_fraction: on-policy samples need reference log-probs per batch; "
@@ -273,6 +321,10 @@ def assemble(config: RunConfig) -> Run:
         teacher = load_role(Role("teacher", config.teacher.name, prepared=False), model, layout, device, dtype,
                             config.model.trust_remote_code)
         candidates[-1] = TeacherSupport(teacher, config.teacher.k, t.chunk_size, config.teacher.temperature)
+    preference = build_preference(config, reward_fn, lambda role: load_role_and_tokenizer(
+        role, model, tokenizer, layout, device, dtype, config.model.trust_remote_code)) if emit else None
+    beta = preference_opponent(objective) if emit == "preference" else 0.0
+    mixture = _mixture_reference(config, model, layout, device, dtype) if beta else None
     sampling = layout.sampling_model(model) if online else model   # taken before the policy is sharded
     engine, optimizer = layout.train_engine(model, lambda trainable: make_optimizer(trainable, t))
 
@@ -285,6 +337,15 @@ def assemble(config: RunConfig) -> Run:
             sampler.update_weights(sampling)
         source = RolloutSource(train_prompts, sampler, reward_fn, config.rollout, config.reward.fallback, tokenizer,
                                t.batch_size, demonstrations, t.seed, config.reward.overlong_cache, sync)
+        if emit:   # the objective reads preferences: the policy's samples compared by the preference model
+            opponent = geometric_mixture(sampler, mixture, beta) if beta else None
+            source = PreferencePairs(train_prompts, sampler, preference, config.rollout, tokenizer, t.batch_size, emit,
+                                     opponent, config.preference.ties, t.seed, sync)
+        if iterative:
+            source = IterationPairs(train_prompts, sampler, preference, lambda rows: snapshot_logprobs(
+                                        sampling, rows, pad_id, t.eval_batch_size, t.chunk_size),
+                                    config.rollout, config.iterations, tokenizer, t.batch_size, sampling,
+                                    out_dir / "iterations", demonstrations, t.seed, procs.main, sync)
 
         def held_out(loss_of) -> dict:
             return evaluate_greedy(sampling, tokenizer, eval_prompts, reward_fn, config.rollout) if eval_prompts else {}

@@ -139,3 +139,29 @@ def canonical(name: str, logp, mask, logp_ref=None, group=None, sign=None, **par
 
 __all__ = ["seq_logp", "seq_len", "seq_logp_mean", "pair_indices", "sft_loss", "dpo_loss", "ipo_loss",
            "simpo_loss", "orpo_loss", "f_prime", "f_dpo_loss", "canonical"]
+
+
+# --------------------------------------------------------------------------- reward model (Bradley–Terry)
+def reward_model_loss(score: Tensor, group: Tensor, sign: Tensor, margin: float = 0.0,
+                      center_rewards_coefficient: float = 0.0, pair_margin: Tensor | None = None) -> Tensor:
+    """Ouyang et al. 2022 ("Training language models to follow instructions with human feedback", §3.5,
+    eq. 1, one comparison per prompt): the Bradley–Terry model says the labeller prefers y_w with
+    probability P = 1 / (1 + exp(−(r(x, y_w) − r(x, y_l)))), and the loss is −log P averaged over the
+    comparisons. Llama 2 (Touvron et al. 2023, §3.2.2) subtracts a margin m(r) inside: P = σ(r_w − r_l − m);
+    here m = ``margin`` + the pair's ``pair_margin`` (read on its chosen row) when given. TRL's
+    RewardTrainer adds η·(r_w + r_l)² per pair (``center_rewards_coefficient``). Written with the
+    probability and a Python loop over the pairs; ``score`` is one scalar per row."""
+    total, count = score.new_zeros(()), 0
+    for g in torch.unique(group).tolist():
+        rows = (group == g).nonzero().flatten().tolist()
+        assert len(rows) == 2, f"group {g} has {len(rows)} rows, a comparison needs exactly 2"
+        (w,) = [r for r in rows if sign[r] > 0]
+        (l,) = [r for r in rows if sign[r] < 0]
+        m = margin + (float(pair_margin[w]) if pair_margin is not None else 0.0)
+        p_w = 1.0 / (1.0 + torch.exp(-(score[w] - score[l] - m)))
+        total = total - torch.log(p_w) + center_rewards_coefficient * (score[w] + score[l]) ** 2
+        count += 1
+    return total / count
+
+
+__all__ += ["reward_model_loss"]

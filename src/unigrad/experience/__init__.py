@@ -18,6 +18,7 @@ from typing import Protocol, runtime_checkable
 from unigrad.experience.base import Experience
 from unigrad.experience.dataset import DatasetSource, Split, step_units
 from unigrad.experience.on_policy import OnPolicySamples
+from unigrad.experience.preference_pairs import PreferencePairs
 from unigrad.experience.rollouts import RolloutSource, demonstration_rows
 
 
@@ -32,4 +33,4 @@ class ExperienceProducer(Protocol):
 
 
 __all__ = ["Experience", "ExperienceProducer", "DatasetSource", "Split", "step_units", "OnPolicySamples",
-           "RolloutSource", "demonstration_rows"]
+           "PreferencePairs", "RolloutSource", "demonstration_rows"]

@@ -9,7 +9,7 @@ from torch import Tensor
 from unigrad.batch import Batch
 from unigrad.tokens import Sequence
 
-BATCH_ROW_FIELDS = ("reward", "logp_old")   # per-row data with a Batch field of its own; others go to extra
+BATCH_ROW_FIELDS = ("reward", "logp_old", "logp_ref")   # per-row data with a Batch field of its own; others go to extra
 
 
 @dataclass

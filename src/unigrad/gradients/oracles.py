@@ -27,6 +27,7 @@ from typing import Callable, Protocol, runtime_checkable
 import torch
 
 from unigrad.gradients.base import StepSums
+from unigrad.rewards.preferences import Preference, RulePreference   # noqa: F401 - the preference models' home
 
 
 @runtime_checkable
@@ -36,12 +37,6 @@ class Oracle(Protocol):
     def observe(self, micro_batches: list, sums: StepSums | None = None): ...
 
     def keys(self, observations: list) -> list[float]: ...
-
-
-@runtime_checkable
-class Preference(Protocol):
-    def __call__(self, prompts: list, completions_a: list[str], completions_b: list[str]) -> torch.Tensor:
-        """P(a_p ≻ b_p) ∈ [0, 1] for each prompt p."""
 
 
 def _record(sums: StepSums | None, tokens: int, metrics: dict) -> None:
@@ -113,16 +108,6 @@ class RewardScore:
                                     [e.answer for e in examples], fallback=self.fallback,
                                     metas=[e.extra for e in examples])
         return rewards.double()
-
-
-@dataclass(frozen=True)
-class RulePreference:
-    """The rule preference of a reward: P(a ≻ b) = 1 if r(a) > r(b), 0 if r(a) < r(b), ½ on a tie."""
-    score: Callable
-
-    def __call__(self, prompts, completions_a, completions_b) -> torch.Tensor:
-        a, b = self.score(prompts, completions_a), self.score(prompts, completions_b)
-        return (a > b).double() + 0.5 * (a == b).double()
 
 
 @dataclass(frozen=True)

@@ -6,16 +6,18 @@ import inspect
 
 from unigrad.estimator import Estimator
 from unigrad.objectives import Gate, Sum
-from unigrad.methods.preference import dpo, f_dpo, ipo, orpo, sft, simpo
+from unigrad.methods.preference import dpo, f_dpo, ipo, online_dpo, orpo, sft, simpo
 from unigrad.methods.offline import a_lol, a_lol_kl, a_lol_ref_free, a_lol_seq, asft, ddo
 from unigrad.methods.unlearning import flat, ga, grad_diff, ihl, npo, safe_align
 from unigrad.methods.rl import dapo, dr_grpo, grpo, gspo, hpt, reinforce, reinforce_pp, rloo
 from unigrad.methods.distill import bd_kd, kd_forward, kd_js, kd_reverse, pld, sinkd
-from unigrad.methods.nash import nash_md, nash_mp
+from unigrad.methods.nash import dno, nash_md, nash_mp
+from unigrad.methods.reward_model import reward_model
 
 REGISTRY = {
     "sft": sft,
     "dpo": dpo,
+    "online-dpo": online_dpo,
     "ipo": ipo,
     "simpo": simpo,
     "orpo": orpo,
@@ -47,7 +49,9 @@ REGISTRY = {
     "sinkd": sinkd,
     "pld": pld,
     "nash-md": nash_md,
+    "dno": dno,
     "nash-mp": nash_mp,
+    "reward-model": reward_model,
 }
 
 

@@ -108,6 +108,55 @@ def nash_mp(beta: float = 0.1) -> WithUpdateRule:
                                     likelihood=_SEQUENCE_LOGPROB), "extragradient")
 
 
+@dataclass(frozen=True)
+class WithExperience:
+    """``objective``, trained on the experience ``experience`` names (``"iterations"``: DNO's batched
+    on-policy iterations of preference pairs, ``experience.iterations``): its loss and requirements are
+    the objective's."""
+
+    objective: Objective
+    experience: str = "iterations"
+
+    def __post_init__(self):
+        part(self, "objective", self.objective, "objective", "loss", "requires")
+        one_of(self, "experience", self.experience, ("iterations",), "the experience the method trains on")
+
+    @property
+    def requires(self) -> frozenset[str]:
+        return self.objective.requires
+
+    def loss(self, batch: Batch) -> Output:
+        return self.objective.loss(batch)
+
+
+def check_experience_for(objective, iteration_steps: int) -> None:
+    """ConfigError when a method that trains on iterations has none (``iterations.steps``), or when
+    iterations are asked of a method that does not compare pairs."""
+    wants = isinstance(objective, WithExperience) and objective.experience == "iterations"
+    if wants and iteration_steps < 1:
+        raise ConfigError(f"iterations.steps={iteration_steps}: this method (DNO) trains on batched on-policy "
+                          "iterations of preference pairs; set iterations.steps to the optimiser steps per iteration")
+    if iteration_steps and not {"sign", "logp_ref"} <= objective.requires:
+        raise ConfigError(f"iterations.steps={iteration_steps}: iterations make preference pairs against the "
+                          "iteration's reference; the method must compare chosen and rejected rows against a "
+                          "reference (dno, dpo, ipo, …)")
+
+
+def dno(beta: float = 0.1) -> WithExperience:
+    """DNO-Prct (Rosset et al. 2024, "Direct Nash Optimization: Teaching Language Models to Self-Improve
+    with General Preferences", arXiv 2404.03715, Algorithm 2): iterations t = 1 … T of
+
+        π_{t+1} = argmax_π E log σ( η log π(y⁺)/π_t(y⁺) − η log π(y⁻)/π_t(y⁻) ),
+
+    with (y⁺, y⁻) on-policy samples of π_t (and gold responses) paired by the preference model's margin
+    rule — a DPO loss whose reference is the previous iteration's policy. The loss is ``dpo(η)``; the
+    iterations (sampling, scoring, pairing, the reference π_t, carried-over pairs) are its experience
+    (``experience.iterations``, ``iterations:`` in the config). η = 0.1 as the paper (0.05 also)."""
+    from unigrad.methods.preference import dpo
+    positive("dno", "beta", beta, "η scales the log-ratio against π_t")
+    return WithExperience(dpo(beta), "iterations")
+
+
 def mirror_prox_step(beta: float, eta: float) -> float:
     """s = η/(β(1+η)): the mirror step along Â that solves one of Nash-MP's proximal problems exactly."""
     positive("nash-mp", "beta", beta, "the weight of KL(π‖μ)")
@@ -115,4 +164,5 @@ def mirror_prox_step(beta: float, eta: float) -> float:
     return eta / (beta * (1 + eta))
 
 
-__all__ = ["WithUpdateRule", "check_update_rule_for", "mirror_prox_step", "nash_md", "nash_mp", "required_update_rule"]
+__all__ = ["WithExperience", "WithUpdateRule", "check_experience_for", "check_update_rule_for", "dno", "mirror_prox_step",
+           "nash_md", "nash_mp", "required_update_rule"]

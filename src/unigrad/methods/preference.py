@@ -1,17 +1,23 @@
-"""Supervised and preference methods (offline): factories composing the estimator's parts.
+"""Supervised and preference methods: factories composing the estimator's parts.
 
 Notation: ℓ(y) = Σ_t log π_θ(y_t|x, y_<t), |y| its length, ℓ̄ = ℓ/|y|, h = ℓ − ℓ_ref, σ logistic.
-Pairs are averaged over; SFT is a token mean over the batch.
+Pairs are averaged over; SFT is a token mean over the batch. The offline methods read pairs from data;
+``online-dpo`` reads the same pair fields from the current policy's own samples, ranked by a preference
+model (``OnPolicy``; the experience producer ``experience.preference_pairs``).
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from unigrad.estimator import (
     Chosen, Constant, Estimator, FDivergenceReward, ImpliedReward, LengthNormalisedReward, Likelihood,
     Logistic, LogOdds, PairwisePreference, SequenceMean, SequenceSum, Squared, TokenMean,
 )
 from unigrad.estimator.advantages.preference import IMPLIED_BETA
-from unigrad.estimator.checks import non_negative, number, one_of, positive
+from unigrad.estimator.checks import non_negative, number, one_of, part, positive
+from unigrad.estimator.protocols import Objective, Output
 from unigrad.objectives import DIVERGENCES, Sum, Term
+from unigrad.batch import Batch
 from unigrad.objectives.divergences import ALPHA
 from unigrad.objectives import divergence as _divergence
 
@@ -31,6 +37,50 @@ def dpo(beta: float = 0.1) -> Estimator:
     Parts: m = 1, π_den = sg π_θ, Â = ±β σ(−Δ) (Bradley–Terry), sequence-sum likelihood, per pair."""
     positive("dpo", "beta", beta, IMPLIED_BETA)
     return Estimator(advantage=PairwisePreference(ImpliedReward(beta), Logistic()), likelihood=_PER_PAIR_SUM)
+
+
+@dataclass(frozen=True)
+class OnPolicy:
+    """``objective`` on the current policy's own samples (``data.format: prompts``), never on a dataset's
+    completions: a run refuses offline data for it (``on_policy``). Its loss and requirements are the
+    objective's; which samples it gets follows from what the objective reads
+    (``experience.preference_pairs.emits_for``: pairs ranked by the preference model when it reads ``sign``)."""
+
+    objective: Objective
+
+    def __post_init__(self):
+        part(self, "objective", self.objective, "objective", "loss", "requires")
+
+    @property
+    def requires(self) -> frozenset[str]:
+        return self.objective.requires
+
+    def loss(self, batch: Batch) -> Output:
+        return self.objective.loss(batch)
+
+
+def on_policy(objective) -> bool:
+    """Whether ``objective`` (or a term or route inside it) trains only on the policy's own samples."""
+    if isinstance(objective, OnPolicy):
+        return True
+    inner = [term.objective for term in getattr(objective, "terms", ())]
+    inner += [getattr(objective, name) for name in ("below", "above", "objective") if hasattr(objective, name)]
+    return any(on_policy(o) for o in inner)
+
+
+def online_dpo(beta: float = 0.1) -> OnPolicy:
+    """Online DPO (Guo et al. 2024, "Direct Language Model Alignment from Online AI Feedback", Alg. 1;
+    TRL's OnlineDPOTrainer): per prompt x two samples y¹, y² ~ π_θ(·|x) of the current policy, ranked by
+    the preference model, (y_w, y_l) = (y¹, y²) if P(y¹ ≻ y² | x) > ½ else (y², y¹), then the DPO loss
+
+        L = −log σ(β h(y_w) − β h(y_l)),   h = log π_θ(y|x) − log π_ref(y|x)  (sequence sums),
+
+    with π_ref the initial policy. A tie (P = ½) is dropped (``preference.ties: drop``; a step whose pairs
+    all tie has no gradient) or kept in the sampled order (``keep``; TRL keeps its judge's choice).
+    Parts: DPO's — m = 1, π_den = sg π_θ, Â = ±β σ(−Δ), sequence-sum likelihood, per pair — on the
+    pairs of ``experience.PreferencePairs``; needs ``data.format: prompts`` and a ``preference:`` model."""
+    positive("online-dpo", "beta", beta, IMPLIED_BETA)
+    return OnPolicy(dpo(beta))
 
 
 def ipo(tau: float = 0.1) -> Estimator:

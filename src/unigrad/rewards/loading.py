@@ -23,19 +23,23 @@ def load_reward(spec: str | Callable, **kwargs) -> Callable:
 
     - a built-in name: ``numeric_match``, ``math_verify_match``, ``format_reward``;
     - ``"package.module:function"`` (importable module);
-    - ``"path/to/file.py:function"`` (a Python file, loaded as a module).
+    - ``"path/to/file.py:function"`` (a Python file, loaded as a module);
+    - a reward-model folder (``AutoModelForSequenceClassification``, e.g. a ``reward-model`` run's
+      ``final/``): a ``RewardModel`` on the GPU when there is one, ``kwargs`` its settings.
 
     ``kwargs`` are bound to the function (``functools.partial``), e.g. ``tolerance=1e-3``.
     Raises ValueError with what was wrong (file or attribute missing, not callable).
     """
     if callable(spec):
         fn = spec
+    elif isinstance(spec, (str, os.PathLike)) and os.path.isdir(os.path.expanduser(str(spec))):
+        return _reward_model(os.path.expanduser(str(spec)), kwargs)
     elif not isinstance(spec, str) or not spec.strip():
         raise ValueError(f"reward: expected a name, 'module:function' or 'file.py:function', got {spec!r}")
     elif ":" not in spec or (spec in BUILTINS):
         if spec not in BUILTINS:
             raise ValueError(f"reward {spec!r}: not a built-in ({', '.join(BUILTINS)}); "
-                             "give 'module:function' or 'path/to/file.py:function'")
+                             "give 'module:function', 'path/to/file.py:function' or a reward-model folder")
         fn = BUILTINS[spec]
     else:
         where, _, name = spec.rpartition(":")
@@ -48,6 +52,14 @@ def load_reward(spec: str | Callable, **kwargs) -> Callable:
         if not callable(fn):
             raise ValueError(f"reward {spec!r}: {where}.{name} is not callable")
     return functools.partial(fn, **kwargs) if kwargs else fn
+
+
+def _reward_model(folder: str, kwargs: dict):
+    import torch
+
+    from unigrad.rewards.models import RewardModel
+    kwargs = {"device": "cuda" if torch.cuda.is_available() else "cpu", **kwargs}
+    return RewardModel(folder, **kwargs)
 
 
 def _import(module: str, spec: str):

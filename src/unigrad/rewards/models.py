@@ -1,7 +1,8 @@
 """Learned rewards: a sequence-classification reward model and ensembles of reward functions.
 
 ``RewardModel(folder)`` scores (prompt, completion) with ``AutoModelForSequenceClassification``
-(one output; the score is that logit), in batches. ``Ensemble`` combines reward functions or models:
+(one output; the score is that logit at the last non-pad token), in batches; ``method: reward-model``
+trains such folders. ``Ensemble`` combines reward functions or models:
 
     mean:         r = (1/K) Σ_k r_k
     min:          r = min_k r_k                                  (worst-case optimisation)
@@ -40,18 +41,19 @@ def _messages(prompt: Any) -> list[dict[str, str]]:
 class RewardModel:
     """A reward model in ``folder`` (or a Hub id): ``AutoModelForSequenceClassification`` with one label.
 
-    The text scored is the chat template applied to ``[prompt messages…, assistant: completion]`` when
-    the tokenizer has one, else ``prompt + completion``; it is cut to ``max_length`` tokens (keeping
-    the end, where the answer is). Batches of ``batch_size`` are right-padded.
+    The score of (x, y) is the head's output at the last non-pad token (``logprobs.scores.sequence_scores``)
+    of the tokens unigrad trains reward models on: the chat-templated prompt ending where the answer
+    starts (``data.encode_prompt``), then the completion and EOS (``data.encode_completion``); so a
+    folder trained by ``reward-model`` scores rollouts exactly as it scored its pairs. The tokens are
+    cut to ``max_length`` (keeping the end, where the answer is); batches of ``batch_size`` are
+    right-padded. A local folder is loaded as ``models.load_model(folder, head="score")`` loads it
+    (safetensors only).
     """
 
     def __init__(self, folder: str | os.PathLike, batch_size: int = 16, device: str | torch.device = "cpu",
                  dtype: torch.dtype = torch.float32, max_length: int | None = None, model=None, tokenizer=None):
         if model is None or tokenizer is None:
-            from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-            tokenizer = tokenizer or AutoTokenizer.from_pretrained(str(folder))
-            model = model or AutoModelForSequenceClassification.from_pretrained(str(folder), dtype=dtype)
+            model, tokenizer = _load(folder, dtype, device)
         num_labels = getattr(model.config, "num_labels", 1)
         if num_labels != 1:
             raise ValueError(f"reward model {folder}: expected one output (num_labels=1), got {num_labels}")
@@ -69,41 +71,50 @@ class RewardModel:
     def __repr__(self) -> str:
         return f"RewardModel({self.folder!r})"
 
-    def text(self, prompt: Any, completion: str) -> str:
-        if getattr(self.tokenizer, "chat_template", None):
-            messages = _messages(prompt) + [{"role": "assistant", "content": completion}]
-            return self.tokenizer.apply_chat_template(messages, tokenize=False)
-        return (prompt if isinstance(prompt, str) else "\n".join(m["content"] for m in _messages(prompt))) + completion
+    def ids(self, prompt: Any, completion: str) -> list[int]:
+        """The token ids scored for (prompt, completion)."""
+        from unigrad.data.tokenization import encode_completion, encode_prompt
 
-    def _ids(self, prompt: Any, completion: str) -> list[int]:
-        templated = bool(getattr(self.tokenizer, "chat_template", None))
-        ids = self.tokenizer(self.text(prompt, completion), add_special_tokens=not templated)["input_ids"]
+        messages = tuple((m["role"], m["content"]) for m in _messages(prompt))
+        ids = encode_prompt(self.tokenizer, messages) + encode_completion(self.tokenizer, completion)
         if self.max_length is not None and len(ids) > self.max_length:
             ids = ids[len(ids) - self.max_length:]
         return list(ids)
 
     @torch.no_grad()
+    def score_ids(self, rows: Sequence[Sequence[int]]) -> Tensor:
+        """[N] float32 scores of token-id rows (``ids``, or a tokenised dataset's prompt + completion)."""
+        from unigrad.logprobs.scores import padded, sequence_scores
+
+        out = [sequence_scores(self.model, *padded(rows[i:i + self.batch_size], self.tokenizer.pad_token_id)).cpu()
+               for i in range(0, len(rows), self.batch_size)]
+        return torch.cat(out) if out else torch.zeros(0)
+
     def score(self, prompts: Sequence[Any], completions: Sequence[str], answers: Sequence | None = None) -> Tensor:
         """[N] float32 scores (the single logit) of each (prompt, completion)."""
         if len(prompts) != len(completions):
             raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
-        device = next(self.model.parameters()).device
-        pad = self.tokenizer.pad_token_id
-        out = []
-        for i in range(0, len(prompts), self.batch_size):
-            rows = [self._ids(p, c) for p, c in zip(prompts[i:i + self.batch_size], completions[i:i + self.batch_size])]
-            L = max(len(r) for r in rows)
-            ids = torch.full((len(rows), L), pad, dtype=torch.long)
-            att = torch.zeros((len(rows), L), dtype=torch.long)
-            for k, r in enumerate(rows):
-                ids[k, :len(r)] = torch.tensor(r, dtype=torch.long)
-                att[k, :len(r)] = 1
-            logits = self.model(input_ids=ids.to(device), attention_mask=att.to(device)).logits
-            out.append(logits[:, 0].float().cpu())
-        return torch.cat(out) if out else torch.zeros(0)
+        return self.score_ids([self.ids(p, c) for p, c in zip(prompts, completions)])
 
     def __call__(self, prompt: Any, completion: str, answer: str | None = None, **meta) -> float:
         return float(self.score([prompt], [completion])[0])
+
+
+def _load(folder, dtype, device):
+    """(model, tokenizer) of a reward model: a local folder through ``models.load_model(head="score")``
+    (one whose config is not a sequence classifier is refused), else a Hub id through transformers."""
+    from unigrad.models import is_score_folder, load_model
+
+    local = os.path.expanduser(str(folder))
+    if os.path.isdir(local):
+        if not is_score_folder(local):
+            raise ValueError(f"reward model {folder}: its config.json names no *ForSequenceClassification "
+                             f"architecture, so it is not a reward model (train one with method: reward-model)")
+        return load_model(local, dtype=dtype, device=device, head="score")
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    return (AutoModelForSequenceClassification.from_pretrained(str(folder), dtype=dtype),
+            AutoTokenizer.from_pretrained(str(folder)))
 
 
 @dataclass(frozen=True)

@@ -36,10 +36,21 @@ class HFSampler:
       into chunks accordingly (default: all at once).
     share_prefill: prefill each prompt once and repeat its KV cache for its n samples (default);
       False prefills every row separately (same results, more compute; kept for testing).
+    mix_with, beta: sample from the geometric mixture of ``model`` and the frozen model ``mix_with``
+      (Munos et al. 2024, "Nash Learning from Human Feedback", §7), token by token:
+
+          log π^β(y_t | y_<t) = (1 − β) log π(y_t | y_<t) + β log μ(y_t | y_<t) − log Z_t,
+
+      both models' logits at every decode step (each with its own KV cache), mixed in log space and
+      renormalised; temperature, top-k and top-p then apply to the mixture, and ``logp_policy`` is the
+      mixture's log-prob at temperature 1. β = 0 is the policy itself, β = 1 the other model.
     """
 
     def __init__(self, model, tokenizer, stop_token_ids: list[int] | None = None,
-                 max_batch_size: int | None = None, share_prefill: bool = True):
+                 max_batch_size: int | None = None, share_prefill: bool = True, mix_with=None, beta: float = 0.0):
+        if mix_with is not None and not 0.0 <= float(beta) <= 1.0:
+            raise ValueError(f"the geometric mixture's beta must be in [0, 1], got {beta}")
+        self.mix_with, self.beta = mix_with, float(beta)
         self.model = model
         self.tokenizer = tokenizer
         if stop_token_ids is None:
@@ -108,10 +119,19 @@ class HFSampler:
 
     # ------------------------------------------------------------------------------------ decode
 
+    def _readers(self) -> list[tuple]:
+        """(body, head, logit transform, weight in the log-space mixture) of each model sampled from."""
+        models = [(self.model, 1.0)] if self.mix_with is None else [(self.model, 1.0 - self.beta),
+                                                                     (self.mix_with, self.beta)]
+        out = []
+        for model, weight in models:
+            body, head, config = body_and_head(model)
+            out.append((body, head, logit_transform(config), weight))
+        return out
+
     def _chunk(self, prompts: list[list[int]], n: int, max_new: int, temperature: float, top_p: float,
                top_k: int, gen: torch.Generator):
-        body, head, config = body_and_head(self.model)
-        transform = logit_transform(config)
+        readers = self._readers()
         dev = next(self.model.parameters()).device
         dtype = compute_dtype(self.model)
         stop = torch.tensor(self.stop_token_ids, device=dev)
@@ -122,11 +142,13 @@ class HFSampler:
         if not share and n > 1:
             ids, att, pos = (x.repeat_interleave(n, dim=0) for x in (ids, att, pos))
 
-        out, cache = cached_forward(body, input_ids=ids, attention_mask=att, position_ids=pos)
-        h = out.last_hidden_state[:, -1]
+        caches, hs = [], []
+        for body, *_ in readers:
+            out, cache = cached_forward(body, input_ids=ids, attention_mask=att, position_ids=pos)
+            caches.append(repeat_cache_rows(cache, n) if share else cache)
+            hs.append(out.last_hidden_state[:, -1].repeat_interleave(n, dim=0) if share else out.last_hidden_state[:, -1])
         if share:
-            cache = repeat_cache_rows(cache, n)
-            h, att, pos = (x.repeat_interleave(n, dim=0) for x in (h, att, pos))
+            att, pos = (x.repeat_interleave(n, dim=0) for x in (att, pos))
         B = P * n
         next_pos = pos[:, -1] + 1                                     # [b] position of the next token
         active = torch.arange(B, device=dev)                          # row index of each live row
@@ -135,7 +157,8 @@ class HFSampler:
         finished = torch.zeros(B, dtype=torch.bool, device=dev)
 
         for step in range(max_new):
-            z = transform(head(h)).to(dtype)                          # [b, V]
+            z = _mixed_logits([(transform(head(h)).to(dtype), weight)
+                               for h, (_, head, transform, weight) in zip(hs, readers)])     # [b, V]
             tok, lp = _pick(z, temperature, top_k, top_p, gen)
             tokens[active, step] = tok
             lps[:, active, step] = lp
@@ -145,17 +168,26 @@ class HFSampler:
                 break
             if bool(is_stop.any()):
                 keep = (~is_stop).nonzero().squeeze(1)
-                cache = select_cache_rows(cache, keep)
+                caches = [select_cache_rows(cache, keep) for cache in caches]
                 att, next_pos, tok, active = att[keep], next_pos[keep], tok[keep], active[keep]
             att = torch.cat([att, att.new_ones(att.shape[0], 1)], dim=1)
-            out, cache = cached_forward(body, cache, input_ids=tok[:, None], attention_mask=att,
-                                        position_ids=next_pos[:, None])
-            h = out.last_hidden_state[:, -1]
+            for j, (body, *_) in enumerate(readers):
+                out, caches[j] = cached_forward(body, caches[j], input_ids=tok[:, None], attention_mask=att,
+                                                position_ids=next_pos[:, None])
+                hs[j] = out.last_hidden_state[:, -1]
             next_pos = next_pos + 1
 
         lengths = (tokens >= 0).sum(1).tolist()
         completions = [tuple(tokens[r, :lengths[r]].tolist()) for r in range(B)]
         return completions, [lps[k] for k in range(3)], finished
+
+
+def _mixed_logits(weighted: list[tuple[Tensor, float]]) -> Tensor:
+    """Σ_j w_j log softmax(z_j): the log-space mixture of several models' next-token logits (one
+    model: its logits unchanged); the sampler's log-softmax renormalises it."""
+    if len(weighted) == 1:
+        return weighted[0][0]
+    return sum(weight * torch.log_softmax(z.float(), dim=-1) for z, weight in weighted).to(weighted[0][0].dtype)
 
 
 def _pick(z: Tensor, temperature: float, top_k: int, top_p: float, gen: torch.Generator):
@@ -215,3 +247,20 @@ def _default_stop_ids(model, tokenizer) -> list[int]:
 
 
 __all__ = ["HFSampler"]
+
+
+def geometric_mixture(sampler, reference, beta: float):
+    """A sampler like ``sampler`` (the run's) that draws from the geometric mixture π^(1−β) μ^β of its
+    policy and the frozen model ``reference`` (``HFSampler``'s ``mix_with``); the same processes'
+    sharding. Only the transformers sampler can: it has both models' logits at every decode step."""
+    inner = getattr(sampler, "inner", sampler)
+    if not isinstance(inner, HFSampler):
+        from unigrad.config import ConfigError
+        raise ConfigError(f"rollout.sampler={type(inner).__name__}: sampling from the geometric mixture of the policy "
+                          "and the reference needs both models' logits at every decode step, which vLLM's engine "
+                          "does not expose; use rollout.sampler: hf")
+    mixed = HFSampler(inner.model, inner.tokenizer, inner.stop_token_ids, inner.max_batch_size, inner.share_prefill,
+                      mix_with=reference, beta=beta)
+    if inner is sampler:
+        return mixed
+    return type(sampler)(mixed, sampler.procs)
