@@ -53,6 +53,9 @@ HINTS = {
     "is_demo": "mixing SFT into RL needs data.format: prompts with demonstrations",
     "sign": "this objective compares chosen and rejected (or forget and retain) rows; use data.format: pairs or forget",
     "teacher_logp_topk": "this method distils a teacher; give the teacher model in teacher.name (like model.name)",
+    "logp_anchor": ("Nash-MP's half steps need log π_k of the update's start and opponents sampled at π_k and "
+                    "π_{k+½}, which the language-model loop does not produce yet (not implemented); nash-mp runs on "
+                    "the tabular game, unigrad.games.tabular, and in `unigrad repro nash-mp-rate`"),
     "preference": ("P(y ≻ y′) against an opponent's sample comes from the policy's own samples compared by the "
                    "preference model (preference:); use data.format: prompts"),
 }

@@ -97,6 +97,11 @@ def describe(objective, indent: str = "  ") -> str:
         return (f"{indent}per prompt, success rate ≤ {objective.gamma:g} → below, else above\n"
                 f"{indent}below:\n{describe(objective.below, indent + '    ')}\n"
                 f"{indent}above:\n{describe(objective.above, indent + '    ')}")
+    inner = getattr(objective, "objective", None)
+    if inner is not None and not isinstance(objective, Estimator):      # a wrapper: what it asks, then its parts
+        asks = {"update_rule": "update rule", "experience": "trains on"}
+        said = [f"{label}: {getattr(objective, key)}" for key, label in asks.items() if hasattr(objective, key)]
+        return f"{indent}{type(objective).__name__}({', '.join(said)})\n{describe(inner, indent)}"
     if not isinstance(objective, Estimator):
         return f"{indent}{objective!r}"
     return "\n".join(f"{indent}{part:<12} {getattr(objective, part)!r}"
