@@ -49,7 +49,7 @@ def test_sophia_settings_refused_with_the_reason(tmp_path, override, message):
                                         "train.gradient.samples=2"]], ids=["sophia-g", "mezo"])
 def test_killed_with_sigkill_and_resumed_ends_at_the_uninterrupted_weights(tmp_path, overrides):
     result = subprocess.run([sys.executable, str(ROOT / "tests" / "integration" / "kill_loop.py"), CONFIG,
-                             str(tmp_path), "--kills", "4", "--max-delay", "1.5", "train.steps=12",
+                             str(tmp_path), "--kills", "4", "--max-delay", "1.0", "train.steps=8",
                              "train.save_every=1", "train.keep_checkpoints=2", *QUIET, *overrides],
                             text=True, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
     report = json.loads(result.stdout.strip().splitlines()[-1])
