@@ -32,6 +32,7 @@ from typing import Callable
 
 import torch
 from safetensors.torch import load_file, save_file
+from torch.nn.utils.rnn import pad_sequence
 
 from unigrad.experience.base import Experience
 from unigrad.tokens import Sequence
@@ -87,11 +88,9 @@ def weights_fingerprint(model) -> list[float]:
     return [total, squares]
 
 
-def _padded(rows: list[torch.Tensor]) -> torch.Tensor:
-    out = torch.zeros(len(rows), max([len(r) for r in rows] + [1]))
-    for i, r in enumerate(rows):
-        out[i, :len(r)] = r
-    return out
+def _token_rows(ids: list[tuple]) -> torch.Tensor:
+    """[N, L] token ids, right-padded with 0 (the lengths are stored beside them)."""
+    return pad_sequence([torch.tensor(row + (0,)) for row in ids], batch_first=True) if ids else torch.zeros(0, 1).long()
 
 
 @dataclass
@@ -213,8 +212,8 @@ class IterationPairs:
         self.folder.mkdir(parents=True, exist_ok=True)
         rows = data.chosen + data.rejected
         tensors = {"ref_chosen": data.ref_chosen.contiguous(), "ref_rejected": data.ref_rejected.contiguous(),
-                   "prompts": _padded([torch.tensor(s.prompt_ids, dtype=torch.float64) for s in rows]).long(),
-                   "completions": _padded([torch.tensor(s.completion_ids, dtype=torch.float64) for s in rows]).long(),
+                   "prompts": _token_rows([s.prompt_ids for s in rows]),
+                   "completions": _token_rows([s.completion_ids for s in rows]),
                    "prompt_lengths": torch.tensor([len(s.prompt_ids) for s in rows]),
                    "completion_lengths": torch.tensor([len(s.completion_ids) for s in rows])}
         meta = {"iteration": t, "fingerprint": weights_fingerprint(self.policy), "new": data.new,

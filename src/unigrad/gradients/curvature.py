@@ -20,7 +20,6 @@ Both take the estimator protocol's ``(micro_batches, backward, key)`` and return
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable, ClassVar
 
@@ -126,8 +125,4 @@ def curvature(name: str, params: list, chunk_size: int = 1024, seed: int = 0,
     raise ValueError(f"unknown curvature estimate {name!r}; available: {', '.join(CURVATURES)}")
 
 
-def finite(estimates: list) -> bool:
-    return all(math.isfinite(float(e.sum())) for e in estimates)
-
-
-__all__ = ["CURVATURES", "GaussNewtonBartlett", "Hutchinson", "SampledLabelNLL", "curvature", "finite"]
+__all__ = ["CURVATURES", "GaussNewtonBartlett", "Hutchinson", "SampledLabelNLL", "curvature"]
