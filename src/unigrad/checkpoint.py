@@ -6,6 +6,8 @@
                               with full fine-tuning resuming reads them from model/ (no second copy)
       optimizer.safetensors   optimiser state tensors; optimizer.json the rest of its state dict
       state.json              step, RNG states, config
+      states.safetensors      the run's other learned state (``unigrad.state``: a critic, a running mean, a
+      states.json             memory), tensors and JSON-able values, when the run has any
 
 A checkpoint is written into a temporary sibling folder and renamed into place, so a run killed
 mid-write leaves the previous checkpoint intact; a write that fails (disk full, permissions) removes
@@ -27,6 +29,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from unigrad import state as run_state
 from unigrad.guards import RunError
 from unigrad.models import is_peft, save_model
 from unigrad.parallel import Processes, Replicated
@@ -77,17 +80,17 @@ def _set_rng_state(state: dict, torch_state: torch.Tensor) -> None:
 
 
 def save_checkpoint(root: Path, step: int, model, tokenizer, optimizer_state: dict, config: dict, keep: int,
-                    weights: dict | None = None, data: str | None = None) -> Path:
+                    weights: dict | None = None, data: str | None = None, states: dict | None = None) -> Path:
     """Write checkpoint ``step`` of ``model`` (or of ``weights``, full tensors by name, when the model is
-    sharded over processes) with the optimiser's ``state_dict()``-layout state, the config and the data's
-    fingerprint it was trained under; keep the last ``keep``."""
+    sharded over processes) with the optimiser's ``state_dict()``-layout state, the config, the data's
+    fingerprint it was trained under and the run's other ``states`` (``unigrad.state``); keep the last ``keep``."""
     final = root / f"step-{step:06d}"
     tmp = root / f".tmp-step-{step:06d}-{os.getpid()}"
     try:
         root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        _write(tmp, step, model, tokenizer, optimizer_state, config, weights, data)
+        _write(tmp, step, model, tokenizer, optimizer_state, config, weights, data, states or {})
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -109,7 +112,8 @@ def remove_partial_writes(root: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _write(tmp: Path, step: int, model, tokenizer, optimizer_state: dict, config: dict, weights, data) -> None:
+def _write(tmp: Path, step: int, model, tokenizer, optimizer_state: dict, config: dict, weights, data,
+           states: dict) -> None:
     save_model(model, tokenizer, tmp / "model", weights)
     if not all(p.requires_grad for p in model.parameters()) or is_peft(model):
         trainable = {name: p.detach().contiguous().cpu() for name, p in model.named_parameters() if p.requires_grad}
@@ -118,6 +122,10 @@ def _write(tmp: Path, step: int, model, tokenizer, optimizer_state: dict, config
     tensors["__torch_rng__"] = torch.get_rng_state()
     save_file(tensors, str(tmp / "optimizer.safetensors"))
     (tmp / "optimizer.json").write_text(json.dumps(meta))
+    if states:
+        tensors, values = run_state.split(states)
+        save_file(tensors, str(tmp / "states.safetensors"))
+        (tmp / "states.json").write_text(json.dumps(values))
     (tmp / "state.json").write_text(json.dumps({"step": step, "rng": _rng_state(), "config": config, "data": data},
                                                indent=1))
 
@@ -145,11 +153,24 @@ def read_state(folder: Path) -> dict:
     return json.loads((folder / "state.json").read_text())
 
 
-def load_checkpoint(folder: Path, model, optimizer, layout=None) -> int:
-    """Restore parameters, optimiser and RNG state from ``folder``; returns its step. ``layout``: how the
-    processes hold the model (a ``parallel.Layout``; default: whole in this process). Every file is
-    read before anything is restored, so a checkpoint that cannot be read leaves the model as it was."""
+def read_states(folder: Path) -> dict[str, dict]:
+    """A checkpoint's other learned states by name (``unigrad.state``); empty when it has none."""
+    if not (folder / "states.json").exists():
+        return {}
+    return run_state.join(load_file(str(folder / "states.safetensors")),
+                          json.loads((folder / "states.json").read_text()))
+
+
+def load_checkpoint(folder: Path, model, optimizer, layout=None, states: dict | None = None) -> int:
+    """Restore parameters, optimiser, RNG state and the run's other ``states`` from ``folder``; returns
+    its step. ``layout``: how the processes hold the model (a ``parallel.Layout``; default: whole in this
+    process). Every file is read before anything is restored, so a checkpoint that cannot be read leaves
+    the model as it was."""
     state = read_state(folder)
+    saved = read_states(folder)
+    if states and set(states) - set(saved):
+        missing = ", ".join(sorted(set(states) - set(saved)))
+        raise KeyError(f"checkpoint {folder} holds no state for {missing} (written by a run without it)")
     trainable = checkpoint_weights(folder)
     optimizer_state = _read_optimizer_state(folder)
     torch_rng = load_file(str(folder / "optimizer.safetensors"))["__torch_rng__"]
@@ -158,18 +179,20 @@ def load_checkpoint(folder: Path, model, optimizer, layout=None) -> int:
     if missing:
         raise ValueError(f"checkpoint {folder} does not match this model (missing {missing[:3]}...)")
     (layout or Replicated(Processes())).load_full_state(model, optimizer, trainable, optimizer_state)
+    run_state.restore(states or {}, saved)
     _set_rng_state(state["rng"], torch_rng)
     return int(state["step"])
 
 
-def load_latest(root: Path, model, optimizer, layout, check=lambda state, folder: None) -> int:
+def load_latest(root: Path, model, optimizer, layout, check=lambda state, folder: None,
+                states: dict | None = None) -> int:
     """Resume from the newest readable checkpoint under ``root`` (``check(state, folder)`` may refuse
     it); one whose files are incomplete or corrupt is skipped for the one before, with a message.
     Returns the step resumed from (0: none)."""
     for folder in reversed(list_checkpoints(root)):
         try:
             check(read_state(folder), folder)
-            step = load_checkpoint(folder, model, optimizer, layout)
+            step = load_checkpoint(folder, model, optimizer, layout, states)
         except (OSError, ValueError, KeyError, SafetensorError) as error:
             log.warning("checkpoint %s is incomplete or corrupt (%s: %s): trying the one before", folder,
                         type(error).__name__, error)

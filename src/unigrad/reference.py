@@ -83,6 +83,25 @@ class Reference:
         return self.model(reference_logprobs, tb, self.chunk_size).to(dtype)
 
 
+class Anchor:
+    """log π_k: a frozen, whole copy of the policy as it was when the step's update began (Nash-MP's
+    proximal centre, the iterate θ_k its two half steps start from). ``hold(policy)`` copies the policy's
+    weights into it at the start of a step; calling it gives [N, T] log π_k of the sequences' completions,
+    also for samples drawn later in the step (at the half point). A resumed run holds the loaded weights
+    at its first step, so it needs no state of its own."""
+
+    def __init__(self, copy, pad_id: int, batch_size: int, chunk_size: int = 1024):
+        self.copy, self.pad_id, self.batch_size, self.chunk_size = copy, pad_id, batch_size, chunk_size
+
+    def hold(self, policy) -> None:
+        with torch.no_grad():
+            for mine, theirs in zip(self.copy.parameters(), policy.parameters(), strict=True):
+                mine.copy_(theirs)
+
+    def __call__(self, sequences: list) -> torch.Tensor:
+        return snapshot_logprobs(self.copy, sequences, self.pad_id, self.batch_size, self.chunk_size)
+
+
 def snapshot_logprobs(model, sequences: list, pad_id: int, batch_size: int, chunk_size: int = 1024) -> torch.Tensor:
     """[N, T] log π of each sequence's completion tokens under ``model`` as it is now (0 past its end):
     the reference of a method whose reference is the policy at some earlier step (DNO's π_t), fixed

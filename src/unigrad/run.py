@@ -39,8 +39,9 @@ from unigrad.models import load_model
 from unigrad.optim import Sophia, check_in_backward, check_sophia, make_optimizer
 from unigrad.parallel import choose_layout, processes
 from unigrad.rollout.hf import geometric_mixture
-from unigrad.reference import Reference, snapshot_logprobs
+from unigrad.reference import Anchor, Reference, snapshot_logprobs
 from unigrad.rewards.preferences import build_preference
+from unigrad.state import stateful
 from unigrad.roles import INITIAL_POLICY, Role, load_role, load_role_and_tokenizer
 from unigrad.updates import CurvatureRefresh, check_update_rule, update_rule
 
@@ -53,9 +54,8 @@ HINTS = {
     "is_demo": "mixing SFT into RL needs data.format: prompts with demonstrations",
     "sign": "this objective compares chosen and rejected (or forget and retain) rows; use data.format: pairs or forget",
     "teacher_logp_topk": "this method distils a teacher; give the teacher model in teacher.name (like model.name)",
-    "logp_anchor": ("Nash-MP's half steps need log π_k of the update's start and opponents sampled at π_k and "
-                    "π_{k+½}, which the language-model loop does not produce yet (not implemented); nash-mp runs on "
-                    "the tabular game, unigrad.games.tabular, and in `unigrad repro nash-mp-rate`"),
+    "logp_anchor": ("Nash-MP's half steps need log π_k of the update's start and the policy's samples at π_k and "
+                    "π_{k+½}, compared by the preference model; use data.format: prompts"),
     "preference": ("P(y ≻ y′) against an opponent's sample comes from the policy's own samples compared by the "
                    "preference model (preference:); use data.format: prompts"),
 }
@@ -82,6 +82,7 @@ class Run:
     out_dir: Path
     guard: NonFiniteGuard         # skips non-finite steps, stops a diverging run
     fingerprint: str              # of the training data, recorded in checkpoints (the resume check)
+    states: dict                  # the other learned state, checkpointed with the policy (``unigrad.state``)
 
 
 def seed_everything(seed: int) -> None:
@@ -154,6 +155,15 @@ def _mixture_reference(config: RunConfig, model, layout, device, dtype):
     except ValueError as error:
         raise ConfigError(f"method: sampling the opponent from the geometric mixture needs a whole copy of the "
                           f"initial policy ({error}); set model.lora: null or method.beta: 0") from None
+
+
+def _anchor(config: RunConfig, model, layout, device, dtype):
+    """π_k for Nash-MP: a frozen, whole copy of the policy that holds its weights at the start of each step."""
+    try:
+        return load_role(Role("anchor", INITIAL_POLICY, prepared=False), model, layout, device, dtype)
+    except ValueError as error:
+        raise ConfigError(f"method: Nash-MP's proximal centre π_k is a whole copy of the policy ({error}); "
+                          "set model.lora: null") from None
 
 
 def _load_split(config: RunConfig, tokenizer, path: str | None, name: str) -> Split | None:
@@ -287,7 +297,9 @@ def assemble(config: RunConfig) -> Run:
             demonstrations = demonstration_rows(train_prompts, tokenizer, d.max_length)
         if config.iterations.gold:
             demonstrations = demonstration_rows(train_prompts, tokenizer, d.max_length)
-        provided = (IterationPairs.provides if iterative else preference_fields(emit) if emit else
+        anchored = emit == "preference" and "logp_anchor" in objective.requires   # Nash-MP's π_k
+        provided = (IterationPairs.provides if iterative else
+                    preference_fields(emit) | ({"logp_anchor"} if anchored else set()) if emit else
                     RolloutSource.fields(demonstrations is not None))
     else:
         provided = formats.provides(d.format)
@@ -328,6 +340,7 @@ def assemble(config: RunConfig) -> Run:
         role, model, tokenizer, layout, device, dtype, config.model.trust_remote_code)) if emit else None
     beta = preference_opponent(objective) if emit == "preference" else 0.0
     mixture = _mixture_reference(config, model, layout, device, dtype) if beta else None
+    anchor = _anchor(config, model, layout, device, dtype) if online and anchored else None
     sampling = layout.sampling_model(model) if online else model   # taken before the policy is sharded
     engine, optimizer = layout.train_engine(model, lambda trainable: make_optimizer(trainable, t))
 
@@ -343,7 +356,8 @@ def assemble(config: RunConfig) -> Run:
         if emit:   # the objective reads preferences: the policy's samples compared by the preference model
             opponent = geometric_mixture(sampler, mixture, beta) if beta else None
             source = PreferencePairs(train_prompts, sampler, preference, config.rollout, tokenizer, t.batch_size, emit,
-                                     opponent, config.preference.ties, t.seed, sync)
+                                     opponent, config.preference.ties, t.seed, sync, anchor and Anchor(
+                                         anchor, pad_id, t.eval_batch_size, t.chunk_size), sampling)
         if iterative:
             source = IterationPairs(train_prompts, sampler, preference, lambda rows: snapshot_logprobs(
                                         sampling, rows, pad_id, t.eval_batch_size, t.chunk_size),
@@ -369,4 +383,5 @@ def assemble(config: RunConfig) -> Run:
     return Run(config, procs, device, layout, model, tokenizer, engine, optimizer, params, objective,
                choose_producer(objective.requires, candidates), reference, source, held_out,
                gradients, update, out_dir,
-               NonFiniteGuard(t.max_nonfinite_steps if skips else 1), fingerprint(data))
+               NonFiniteGuard(t.max_nonfinite_steps if skips else 1), fingerprint(data),
+               stateful(objective, source, update))

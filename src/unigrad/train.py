@@ -63,25 +63,32 @@ class StepLoss:
         return out, sum(s.length for s in sequences)
 
 
+def _micro_batches(run: Run, experience: Experience) -> list[MicroBatch]:
+    """This process's micro-batches of the step: its units in processes × grad_accum contiguous chunks
+    (a step may hold fewer units than batch_size, e.g. after DAPO's dynamic sampling); this process
+    trains chunks rank·grad_accum …"""
+    t, procs = run.config.train, run.procs
+    whole = experience.step_batch(run.device)
+    chunks = [c.tolist() for c in torch.arange(len(experience.units)).tensor_split(procs.world * t.grad_accum)]
+    mine = [chunk for chunk in chunks[procs.rank * t.grad_accum:(procs.rank + 1) * t.grad_accum] if chunk]
+    loss_of = StepLoss(run)
+    return [MicroBatch(partial(loss_of, whole=whole), experience, experience.rows_of(chunk)) for chunk in mine]
+
+
 def optimise(run: Run, experience: Experience, step: int) -> tuple[StepSums, float]:
     """``experience.epochs`` updates on one step's experience; this process trains its contiguous
     share of the step's units in ``grad_accum`` micro-batches; sums are over processes."""
     t, procs = run.config.train, run.procs
-    whole = experience.step_batch(run.device)
-    # The step's units in processes × grad_accum contiguous chunks (a step may hold fewer units than
-    # batch_size, e.g. after DAPO's dynamic sampling); this process trains chunks rank·grad_accum …
-    chunks = [c.tolist() for c in torch.arange(len(experience.units)).tensor_split(procs.world * t.grad_accum)]
-    mine = [chunk for chunk in chunks[procs.rank * t.grad_accum:(procs.rank + 1) * t.grad_accum] if chunk]
-    loss_of = StepLoss(run)
-    micro_batches = [MicroBatch(partial(loss_of, whole=whole), experience, experience.rows_of(chunk)) for chunk in mine]
-
+    micro_batches = _micro_batches(run, experience)
     latest, calls = [], [0]
 
-    def gradients(estimator=None) -> StepSums:
+    def gradients(estimator=None, fresh: bool = False) -> StepSums:
         """The run's gradient estimator (or an update rule's own, e.g. a curvature estimate) on the
-        step; key: (step, call), so an estimator's random draws repeat on resume."""
+        step; key: (step, call), so an estimator's random draws repeat on resume. ``fresh``: on the
+        step's experience drawn again at the current weights, where its producer can (``Experience.again``)."""
         key, calls[0] = step * 64 + calls[0], calls[0] + 1
-        sums = (estimator or run.gradients)(micro_batches, lambda loss: run.layout.backward(run.engine, loss), key)
+        batches = _micro_batches(run, experience.again()) if fresh and experience.again else micro_batches
+        sums = (estimator or run.gradients)(batches, lambda loss: run.layout.backward(run.engine, loss), key)
         if estimator is None:
             latest[:] = [sums]
         return sums
@@ -113,7 +120,7 @@ def save(run: Run, done: int) -> Path:
     folder = run.out_dir / "checkpoints"
     if run.procs.main:
         folder = save_checkpoint(folder, done, run.model, run.tokenizer, state, to_dict(run.config),
-                                 run.config.train.keep_checkpoints, weights, run.fingerprint)
+                                 run.config.train.keep_checkpoints, weights, run.fingerprint, run.states)
     return folder
 
 
@@ -127,7 +134,7 @@ def train(config: RunConfig, resume: bool = False, progress: bool = True, force:
     if procs.main:
         remove_partial_writes(checkpoints)
     start = load_latest(checkpoints, model, run.optimizer, run.layout, lambda state, folder: forced.extend(
-        check_resume(state, to_dict(config), run.fingerprint, folder, force))) if resume else 0
+        check_resume(state, to_dict(config), run.fingerprint, folder, force)), run.states) if resume else 0
     if procs.main:
         (run.out_dir / "config.json").write_text(json.dumps(to_dict(config), indent=1, default=str))
     metrics_log = MetricsLog(run.out_dir, start, t.tensorboard) if procs.main else None

@@ -50,6 +50,10 @@ class Extragradient:
     are snapshotted before the half step and restored before the full step: it costs one extra copy of
     the trainable weights and of the optimiser state, and two gradient evaluations per update.
 
+    The gradient at the half point is taken on the step's experience drawn again at θ_{k+½} where the
+    producer can (``gradients(fresh=True)``, ``Experience.again``: samples of the policy at the half point,
+    as Nash-MP's second proximal step plays against π_{k+½}); fixed data are reused.
+
     Returns the full step's sums and gradient norm; the half step's objective (summed over processes)
     and gradient norm go into the metrics (``half_step_objective``, ``half_step_grad_norm``). If either
     evaluation is not finite, θ_k and s_k are restored and nothing is applied (the full step's ``apply()``
@@ -69,7 +73,7 @@ class Extragradient:
             restore(self.params, self.optimizer, saved)
             return half, half_norm
         half_objective = self.total(half.objective)
-        full = gradients()                    # ∇f(θ_{k+½}), left in .grad
+        full = gradients(fresh=True)          # ∇f(θ_{k+½}), left in .grad; on-policy data drawn at θ_{k+½}
         restore(self.params, self.optimizer, saved)
         norm = apply()                        # θ_{k+1} = U(θ_k, s_k, ∇f(θ_{k+½})); skipped if non-finite
         full.metrics = {**full.metrics, "half_step_objective": half_objective, "half_step_grad_norm": half_norm}

@@ -88,3 +88,35 @@ def test_nash_md_self_play_trains_on_per_sample_preferences(tmp_path):
     steps = [m for m in _train(tmp_path / "nash", "method={name: nash-md, beta: 0.0}", "rollout.num_generations=2",
                                "train.steps=2") if "objective" in m]
     assert len(steps) == 2 and all(m["preference/queries"] == 8.0 and "preference_mean" in m for m in steps)
+
+
+def test_nash_mp_draws_again_at_the_half_point_and_keeps_the_anchor(tmp_path):
+    """Nash-MP on a language model: the rows carry log π_k of the step's start; at the half point the step
+    is drawn again from the moved policy, with log π_k still of the start's weights."""
+    import copy
+
+    import torch
+
+    from unigrad.reference import snapshot_logprobs
+    from unigrad.run import assemble
+    mp = ["method={name: nash-mp, beta: 0.1}", "rollout.num_generations=2"]
+    with pytest.raises(ConfigError, match="extragradient"):
+        assemble(load_config(str(ROOT / "configs" / "tiny-online-dpo.yaml"), [*mp, f"output_dir={tmp_path / 'x'}"]))
+    run = assemble(load_config(str(ROOT / "configs" / "tiny-online-dpo.yaml"),
+                               [*mp, "train.update_rule=extragradient", f"output_dir={tmp_path / 'a'}"]))
+    first = run.experience(0)
+    start = copy.deepcopy(run.model)
+    pad = run.tokenizer.pad_token_id
+    mask = torch.stack([torch.arange(first.fields["logp_anchor"].shape[1]) < len(s.completion_ids)
+                        for s in first.sequences])
+    assert torch.allclose(first.fields["logp_anchor"][mask], first.fields["logp_old"][mask], atol=1e-4)
+    with torch.no_grad():                          # the half step moves the policy
+        for p in run.model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    again = first.again()
+    assert [s.completion_ids for s in again.sequences] != [s.completion_ids for s in first.sequences]
+    expected = snapshot_logprobs(start, again.sequences, pad, 8)
+    assert torch.allclose(again.fields["logp_anchor"], expected[:, :again.fields["logp_anchor"].shape[1]], atol=1e-5)
+    steps = [m for m in _train(tmp_path / "mp", *mp, "train.update_rule=extragradient", "train.steps=2")
+             if "objective" in m]
+    assert len(steps) == 2 and all("half_step_objective" in m and "preference_mean" in m for m in steps)

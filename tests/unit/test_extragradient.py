@@ -57,7 +57,7 @@ def closures(params, optimizer, loss, objective=None, max_grad_norm=None):
         value = loss()
         return SimpleNamespace(loss=value, objective=(objective() if objective else value).detach(), metrics={}), 1
 
-    def gradients():
+    def gradients(fresh=False):   # fixed data: the same loss closure at the current weights
         latest[:] = [Backprop()([micro_batch], lambda value: value.backward(), 0)]
         return latest[0]
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -19,6 +20,9 @@ class Experience:
     fields: dict[str, Tensor] = field(default_factory=dict)  # per-row [N] or [N, T] step data
     reference_keys: list[tuple[str, int]] | None = None  # rows' keys into precomputed reference log-probs
     metrics: dict[str, float] = field(default_factory=dict)
+    # the step's experience drawn again at the weights the policy has when it is called (an update rule's
+    # later evaluation of the same step: extragradient's half point); None: the step's data are fixed
+    again: Callable[[], "Experience"] | None = None
 
     def rows_of(self, units: list[int]) -> list[int]:
         return [row for unit in units for row in self.units[unit]]

@@ -15,6 +15,10 @@ Two shapes, chosen by what the objective reads (``emits_for``):
   per prompt, each with its own opponent sample y′_j (from ``opponent``, by default the policy itself,
   sampled again), one unit per prompt, and ``extra["preference"]`` = P(y_j ≻ y′_j).
 
+With an ``anchor`` (the objective reads ``logp_anchor``: Nash-MP) the rows also carry log π_k(y), π_k the
+policy at the start of the step, and the step's experience can be drawn again at the current weights
+(``Experience.again``): extragradient's evaluation at the half point plays π_{k+½} against itself.
+
 The sampler's log-probs of the policy's tokens are the behaviour log-probs (``logp_old``). Samples are
 seeded by (seed, step), so a resumed run draws the same ones. Metrics: ``preference/queries`` (pairs the
 preference model compared), ``preference/chosen_mean`` (mean P(chosen ≻ rejected) over the kept pairs),
@@ -66,6 +70,8 @@ class PreferencePairs:
     ties: Literal["drop", "keep"] = "drop"
     seed: int = 0
     sync: Callable[[], None] = lambda: None   # hands the updated policy to the sampler
+    anchor: object | None = None              # reference.Anchor: log π_k of the update's start (Nash-MP)
+    policy: object | None = None              # what the anchor holds at the start of each step
 
     @property
     def epochs(self) -> int:
@@ -73,7 +79,7 @@ class PreferencePairs:
 
     @property
     def provides(self) -> frozenset[str]:
-        return fields(self.emit)
+        return fields(self.emit) | ({"logp_anchor"} if self.anchor is not None else set())
 
     def after_update(self) -> None:
         self.sync()
@@ -83,10 +89,11 @@ class PreferencePairs:
         return sampler.sample(prompts, n, r.max_new_tokens, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
                               seed=seed)
 
-    def samples(self, chosen: list, n: int, step: int):
-        """(policy rollouts, opponent rollouts), ``n`` rows of each per prompt, row i·n + j against row i·n + j."""
+    def samples(self, chosen: list, n: int, step: int, draw: int = 0):
+        """(policy rollouts, opponent rollouts), ``n`` rows of each per prompt, row i·n + j against row i·n + j;
+        ``draw`` counts the step's draws (a later one is made at the weights the policy has then)."""
         prompts = [list(e.prompt_ids) for e in chosen]
-        seed = (self.seed * 1_000_003 + step) * 7
+        seed = (self.seed * 1_000_003 + step) * 7 + 2 * draw
         if self.opponent is None and self.emit == "pairs":     # two samples of the policy per prompt
             both = self._draw(self.sampler, prompts, 2 * n, seed)
             first = [i * 2 * n + j for i in range(len(chosen)) for j in range(n)]
@@ -95,10 +102,19 @@ class PreferencePairs:
         return self._draw(self.sampler, prompts, n, seed), self._draw(opponent, prompts, n, seed + 1)
 
     def __call__(self, step: int) -> Experience:
+        """Step ``step``'s experience; with an anchor, it first holds the policy's weights (π_k) and the
+        experience can be drawn again later in the step (``Experience.again``, at π_{k+½})."""
+        if self.anchor is not None:
+            self.anchor.hold(self.policy)
+        return self.draw(step, 0)
+
+    def draw(self, step: int, draw: int) -> Experience:
         units = step_units(len(self.examples), self.batch_size, step, self.seed)
         chosen = [self.examples[u] for u in units]
         n = 1 if self.emit == "pairs" else self.rollout.num_generations
-        policy, opponent = self.samples(chosen, n, step)
+        if draw:
+            self.sync()                                       # the sampler samples the weights as they are now
+        policy, opponent = self.samples(chosen, n, step, draw)
         texts_a, texts_b = policy.texts(self.tokenizer), opponent.texts(self.tokenizer)
         p = self.preference([e.prompt_text for e in chosen for _ in range(n)], texts_a, texts_b,
                             [e.answer for e in chosen for _ in range(n)])
@@ -108,9 +124,12 @@ class PreferencePairs:
                              "it must give one P(a ≻ b) in [0, 1] per pair")
         metrics = {"preference/queries": float(len(p)), "preference/ties": float((p == 0.5).sum()),
                    "completion_length": float(policy.lengths.float().mean())}
-        if self.emit == "pairs":
-            return self._pairs(units, policy, opponent, p, metrics)
-        return self._preferences(units, policy, p, n, metrics)
+        made = self._pairs(units, policy, opponent, p, metrics) if self.emit == "pairs" else \
+            self._preferences(units, policy, p, n, metrics)
+        if self.anchor is not None:
+            made.fields["logp_anchor"] = self.anchor(made.sequences)
+            made.again = lambda: self.draw(step, draw + 1)
+        return made
 
     def _pairs(self, units, policy, opponent, p, metrics) -> Experience:
         tie = p == 0.5

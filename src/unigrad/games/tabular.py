@@ -151,7 +151,7 @@ def train(game: TabularGame, objective, logits: Tensor, lr: float, iterations: i
     def micro_batch():
         return objective.loss(exact_batch(game, policy, opponent, anchor.get("log"))), game.n
 
-    def gradients():
+    def gradients(fresh: bool = False):   # the exact batch is always at the current θ
         latest[:] = [Backprop()([micro_batch], lambda loss: loss.backward(), 0)]
         return latest[0]
 

@@ -99,7 +99,9 @@ def nash_mp(beta: float = 0.1) -> WithUpdateRule:
     the opponent π_k, the full step from θ_k with the opponent π_{k+½}, the half point. η, the weight
     of the proximal term, is the step: it is the optimiser's learning rate, not a loss parameter.
     Rows need ``extra["logp_anchor"]``, log π_k (the weights the update started from), besides the
-    preference against the opponent sampled at the point of evaluation.
+    preference against the opponent sampled at the point of evaluation: on a language model the policy's
+    samples at π_k for the half step and, drawn again at π_{k+½} (``Experience.again``), for the full step,
+    with log π_k from a frozen copy holding the step's starting weights (``reference.Anchor``).
     Parts: m = 1, π_den = sg π_θ, ``NashAdvantage(β, self-play, kl_at="anchor")``, sequence log-prob
     (sum), mean over responses; wrapped in ``WithUpdateRule(..., "extragradient")``."""
     positive("nash-mp", "beta", beta, "the weight of KL(π‖μ) in the regularised game; 0 leaves it unregularised")
