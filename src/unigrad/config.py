@@ -52,7 +52,7 @@ class TaskConfig:
 class DataConfig:
     train: str = ""
     eval: Union[str, None] = None
-    format: Literal["sft", "pairs", "prompts", "forget", "scored"] = "pairs"
+    format: Literal["sft", "pairs", "prompts", "forget", "scored", "unpaired"] = "pairs"
     task: Union[TaskConfig, None] = None     # prompts from a built-in task instead of files
     max_length: int = 512
     truncation: bool = False
@@ -60,6 +60,22 @@ class DataConfig:
     limit: Union[int, None] = None           # use only the first N records (smoke tests)
     on_policy_fraction: float = 0.0          # fraction λ of steps whose completions the policy samples instead
                                              # (GKD's on-policy distillation; offline formats)
+
+
+@dataclass(frozen=True)
+class CorrectionConfig:
+    """A correction for the sampler/trainer mismatch, ρ = π_old / π_sampler (``estimator.corrections``):
+    ``tis`` weights each term by min(ρ, cap), ``mis`` by ρ·1[low ≤ ρ ≤ high]; per token or per sequence."""
+    kind: Literal["none", "tis", "mis"] = "none"
+    level: Union[Literal["token", "sequence"], None] = None   # null: tis per token, mis per sequence (TRL)
+    cap: float = 2.0                         # tis: C
+    low: float = 0.0                         # mis: the band [low, high] a ratio must lie in
+    high: float = 3.0
+
+    def __post_init__(self):
+        if self.kind != "none":
+            from unigrad.estimator.corrections import correction_of   # the domains live with the corrections
+            correction_of(self)
 
 
 @dataclass(frozen=True)
@@ -75,6 +91,8 @@ class RolloutConfig:
     max_batch_size: Union[int, None] = None  # rows decoded at once (memory)
     dynamic_sampling: bool = False           # DAPO: replace prompts whose rollouts all got the same reward
     max_sampling_rounds: int = 3             # rounds of replacement before training on what there is
+    recompute_logp_old: bool = False         # π_old from a trainer forward; the sampler's kept as logp_sampler
+    correction: CorrectionConfig = field(default_factory=CorrectionConfig)
 
 
 @dataclass(frozen=True)
@@ -124,6 +142,32 @@ class IterationsConfig:
     margin: float = 0.5                      # a negative's win rate at least this far below its positive's
     min_score: Union[float, None] = None     # a positive's least win rate (null: the prompt's best)
     carry: tuple = (0.3, 0.15)               # shares of iterations t−1, t−2, …'s new pairs added to iteration t
+
+
+@dataclass(frozen=True)
+class CriticConfig:
+    """PPO's value model (``unigrad.critic``), trained next to the policy with its own optimiser and schedule:
+    ``model`` like model.name (null: the policy's initial weights, model.name) with a value head; ``shared``: a
+    value head on the policy's trunk instead (not implemented yet)."""
+    model: Union[str, None] = None
+    shared: bool = False
+    lr: float = 1e-5
+    optimizer: str = "adamw"
+    weight_decay: float = 0.0
+    betas: tuple = (0.9, 0.999)
+    schedule: Literal["cosine", "linear", "constant"] = "constant"
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0
+    max_grad_norm: Union[float, None] = 1.0
+
+
+@dataclass(frozen=True)
+class RehearsalConfig:
+    """DPH-RL's rehearsal set (``experience.rehearsal``), used when the method reads it: before the first
+    step the initial policy samples ``samples`` completions per training prompt; prompts with all correct
+    keep them with their log-probs and leave the rollouts, and ``per_step`` of them join every step."""
+    samples: int = 8                         # k completions per prompt pre-sampled from the initial policy
+    per_step: int = 8                        # stored samples added to each step's rollouts
 
 
 @dataclass(frozen=True)
@@ -192,6 +236,8 @@ class RunConfig:
     reward: RewardConfig = field(default_factory=RewardConfig)
     preference: PreferenceConfig = field(default_factory=PreferenceConfig)
     iterations: IterationsConfig = field(default_factory=IterationsConfig)
+    rehearsal: RehearsalConfig = field(default_factory=RehearsalConfig)
+    critic: Union[CriticConfig, None] = None  # PPO's value model; null: none, or the defaults when the method needs one
     train: TrainConfig = field(default_factory=TrainConfig)
     output_dir: str = "runs/unigrad"
     source: Union[str, None] = None          # the file it was read from (set by load_config)
@@ -219,6 +265,8 @@ def _coerce(value: Any, tp, where: str):
                 return _coerce(value, option, where)
             except ConfigError as error:
                 errors.append(error)
+                if isinstance(value, dict) and dataclasses.is_dataclass(option):
+                    raise   # a mapping for an optional section: its own key's error says more
         raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
     if origin is Literal:
         if value in typing.get_args(tp):
@@ -296,15 +344,33 @@ def validate(config: RunConfig) -> RunConfig:
     for name in ("num_generations", "max_new_tokens", "epochs"):
         _positive(f"rollout.{name}", getattr(r, name))
     _positive("rollout.temperature", r.temperature, allow_zero=True)
+    if r.correction.kind != "none" and not r.recompute_logp_old:
+        raise ConfigError("rollout.correction: ρ = π_old/π_sampler is 1 while π_old is the sampler's own log-probs; "
+                          "set rollout.recompute_logp_old: true")
+    if r.recompute_logp_old and config.data.format != "prompts":
+        raise ConfigError("rollout.recompute_logp_old: only rollouts (data.format: prompts) have a sampler's log-probs")
     if not 0.0 <= config.data.on_policy_fraction <= 1.0:
         raise ConfigError(f"data.on_policy_fraction: must be in [0, 1], got {config.data.on_policy_fraction}")
     if config.data.on_policy_fraction and config.data.format == "prompts":
         raise ConfigError("data.on_policy_fraction: with data.format: prompts every step is on-policy already")
     _positive("preference.batch_size", config.preference.batch_size)
     _positive("preference.max_length", config.preference.max_length)
+    _positive("rehearsal.samples", config.rehearsal.samples)
+    _positive("rehearsal.per_step", config.rehearsal.per_step, allow_zero=True)
+    if config.critic is not None:
+        _validate_critic(config.critic)
     if not isinstance(config.method, dict) or not config.method:
         raise ConfigError("method: expected a mapping such as {name: dpo, beta: 0.1} or {parts: {...}}")
     return config
+
+
+def _validate_critic(c: CriticConfig) -> None:
+    _positive("critic.lr", c.lr)
+    _positive("critic.max_grad_norm", c.max_grad_norm)
+    for name in ("warmup_steps", "weight_decay"):
+        _positive(f"critic.{name}", getattr(c, name), allow_zero=True)
+    if not 0.0 <= c.min_lr_ratio <= 1.0:
+        raise ConfigError(f"critic.min_lr_ratio: must be in [0, 1], got {c.min_lr_ratio}")
 
 
 def _set(tree: dict, dotted: str, value) -> None:

@@ -1,4 +1,5 @@
-"""Diagnostics of preference data: CHES scores (likelihood displacement) and filtering by them.
+"""Diagnostics: CHES scores of preference data (likelihood displacement) and filtering by them; the
+covariance of log π and Â behind policy-entropy change (``logp_advantage_covariance``).
 
 CHES (Razin, Malladi, Bhaskar, Chen, Arora, Hanin 2024, "Unintentional Unalignment: Likelihood
 Displacement in Direct Preference Optimization", ICLR 2025; Definition 2; official code
@@ -148,4 +149,39 @@ def _write_jsonl(path: str, rows: list[Any]) -> None:
             f.write(json.dumps(r, ensure_ascii=False, default=str) + "\n")
 
 
-__all__ = ["ches_scores", "hidden_sums", "filter_pairs", "add_diagnose_command", "run_ches_command"]
+COV_TOP_RATIO = 2e-4   # Cui et al.'s clip ratio r (Clip-Cov) and their KL-Cov k for the larger models
+
+
+@torch.no_grad()
+def logp_advantage_covariance(logp: Tensor, advantage: Tensor, mask: Tensor,
+                              top_ratio: float = COV_TOP_RATIO) -> dict[str, float]:
+    """The covariance of the log-probability and the advantage over a batch's tokens, the quantity
+    that drives the change of policy entropy under policy gradient (Cui et al. 2025, "The Entropy
+    Mechanism of Reinforcement Learning for Reasoning Language Models", arXiv 2505.22617, §3 and §4):
+
+        Cov_i = (log π_θ(y_i) − (1/N) Σ_j log π_θ(y_j)) · (Â_i − (1/N) Σ_j Â_j)    over the N tokens
+
+    (their Clip-Cov / KL-Cov per-token centred product). Returns
+
+        entropy/cov_logp_adv       (1/N) Σ_i Cov_i, the batch covariance (> 0: entropy tends to fall)
+        entropy/cov_top_mean       the mean Cov_i over the top ⌈k·N⌉ tokens (the set KL-Cov penalises)
+        entropy/cov_top_fraction   their share of the positive covariance, Σ_top Cov / Σ_{Cov>0} Cov
+
+    ``advantage`` is [B] (one per sequence, spread over its tokens) or [B, T]; ``mask`` [B, T] marks
+    the tokens counted; k = ``top_ratio``. Nothing ({}) where Â is the same on every token (SFT):
+    the covariance is 0 by construction there."""
+    keep = mask > 0
+    adv = (advantage[:, None].expand_as(logp) if advantage.dim() == 1 else advantage)[keep].detach().double()
+    if adv.numel() == 0 or bool((adv == adv[0]).all()):
+        return {}
+    lp = logp.detach()[keep].double()
+    cov = (lp - lp.mean()) * (adv - adv.mean())
+    top = torch.topk(cov, max(1, math.ceil(top_ratio * cov.numel()))).values
+    positive = cov.clamp(min=0).sum()
+    share = float(top.clamp(min=0).sum() / positive) if float(positive) > 0 else 0.0
+    return {"entropy/cov_logp_adv": float(cov.mean()), "entropy/cov_top_mean": float(top.mean()),
+            "entropy/cov_top_fraction": share}
+
+
+__all__ = ["COV_TOP_RATIO", "ches_scores", "hidden_sums", "filter_pairs", "add_diagnose_command",
+           "logp_advantage_covariance", "run_ches_command"]

@@ -17,7 +17,8 @@ A tokenizer without an EOS token is refused (completions could not end, generati
 one without a pad token pads with EOS, saying so in the log.
 
 ``load_model(name, head="score")`` gives a reward model instead: any of the above with a one-output
-sequence-classification head on its body (``score_model``), or a saved reward-model folder as it is.
+sequence-classification head on its body (``score_model``), or a saved reward-model folder as it is;
+``head="value"`` a critic: a one-output token-classification head on the body (``value_model``).
 
 ``save_model(model, tokenizer, folder)`` writes a folder that ``AutoModelForCausalLM.from_pretrained``
 (a reward model: ``AutoModelForSequenceClassification.from_pretrained``) loads; a peft model is saved
@@ -38,7 +39,7 @@ import torch
 
 EMBEDDED_MODEL = "smollm2-135m-instruct"
 TINY_RANDOM = "tiny-random"
-HEADS = ("lm", "score")   # what a run trains: the causal LM, or a one-output score head (a reward model)
+HEADS = ("lm", "score", "value")   # the causal LM, a one-output score head (a reward model), a value head (a critic)
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -344,8 +345,8 @@ def load_model(name: str, dtype: torch.dtype = torch.float32, device: str | torc
         return _load_score_folder(folder, dtype, device, trust_remote_code)
     model, tokenizer = _load_lm(name, dtype, trust_remote_code)
     _finish_tokenizer(tokenizer, str(name))
-    if head == "score":
-        model = score_model(model)
+    if head in ("score", "value"):
+        model = score_model(model) if head == "score" else value_model(model)
     _sync_special_ids(model, tokenizer)
     model.to(device)
     model.eval()
@@ -406,7 +407,17 @@ def score_model(lm, seed: int = 0):
     size; OpenRLHF's value-head initialisation: small, so the first scores are near 0; from ``seed``,
     leaving the global RNG alone). The score of a sequence is the head at its last non-pad token."""
     from transformers import AutoModelForSequenceClassification
+    return _with_head(lm, AutoModelForSequenceClassification, seed)
 
+
+def value_model(lm, seed: int = 0):
+    """A critic on the causal LM ``lm``: ``AutoModelForTokenClassification`` with ``num_labels=1`` (a value
+    V(x, y_<t) at every position), the body's weights copied, the head initialised as ``score_model``'s."""
+    from transformers import AutoModelForTokenClassification
+    return _with_head(lm, AutoModelForTokenClassification, seed)
+
+
+def _with_head(lm, auto_class, seed: int):
     config = copy.deepcopy(lm.config)
     config.num_labels = 1
     config.problem_type = "regression"
@@ -414,7 +425,7 @@ def score_model(lm, seed: int = 0):
     dtype = next(lm.parameters()).dtype
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = AutoModelForSequenceClassification.from_config(config).to(dtype)
+        model = auto_class.from_config(config).to(dtype)
         hidden = config.get_text_config().hidden_size
         with torch.no_grad():
             model.score.weight.normal_(0.0, 1.0 / (hidden + 1))
@@ -474,6 +485,6 @@ def save_model(model, tokenizer, folder: str | os.PathLike, weights: dict | None
 
 
 __all__ = [
-    "HEADS", "ModelError", "is_score_folder", "is_score_model", "load_model", "save_model", "score_model", "tiny_random_model", "tiny_tokenizer", "cache_dir",
+    "HEADS", "ModelError", "is_score_folder", "is_score_model", "load_model", "save_model", "score_model", "value_model", "tiny_random_model", "tiny_tokenizer", "cache_dir",
     "embedded_gguf_path", "embedded_model_folder", "EMBEDDED_MODEL", "TINY_RANDOM",
 ]

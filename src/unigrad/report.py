@@ -10,7 +10,9 @@ when present, and writes ``run_dir/report/index.html`` in the order a user reads
    ``outcome.png``; the results of eval.json when present.
 2. **Training**: one PNG per metric family with data: ``reward.png``, ``accuracy.png``,
    ``reward_margin.png``, ``objective.png`` (objective, losses), ``kl.png`` (KL to the reference),
-   ``throughput.png`` (tokens/s), ``gate.png`` (sft_fraction and other routing decisions).
+   ``entropy.png`` (the sampled policy's per-token entropy), ``entropy_cov.png`` (Cov(log π, Â) and its
+   top tokens, Cui et al. 2025), ``throughput.png`` (tokens/s), ``gate.png`` (sft_fraction and other
+   routing decisions).
 3. **Internals**, collapsed: ``surrogate.png`` (a scalar whose gradient is the method's estimator; its
    value is meaningless by design), ``lr.png``, ``other.png`` (every remaining metric, one panel
    each) and the table of every metric's first, last, min and max.
@@ -59,6 +61,9 @@ def _reward(key: str) -> bool:
 FAMILIES: tuple[Family, ...] = (   # a metric belongs to the first family that matches it
     Family("reward_margin", "Reward margin (chosen − rejected)", "margin", lambda k: "reward_margin" in k),
     Family("kl", "KL to the reference", "KL (nats)", _kl),
+    Family("entropy", "Policy entropy (per sampled token)", "entropy (nats)", lambda k: k.split("/")[-1] == "entropy"),
+    Family("entropy_cov", "Covariance of log π and Â (entropy mechanism, Cui et al. 2025)", "covariance",
+           lambda k: k.split("/")[-2:-1] == ["entropy"] and k.split("/")[-1].startswith("cov")),
     Family("accuracy", "Accuracy", "accuracy", lambda k: "accuracy" in k or "pass@" in k),
     Family("gate", "Gate routing", "fraction", lambda k: "sft_fraction" in k or re.search(r"(^|[/_])gate", k) is not None),
     Family("reward", "Reward", "reward", _reward),
@@ -70,8 +75,8 @@ FAMILIES: tuple[Family, ...] = (   # a metric belongs to the first family that m
     Family("throughput", "Throughput", "tokens / s", lambda k: "tokens_per_s" in k or "tok_s" in k),
 )
 OTHER = Family("other", "Other metrics", "value", lambda k: True, internal=True)
-DISPLAY_ORDER = ("reward", "accuracy", "reward_margin", "objective", "kl", "throughput", "gate",
-                 "surrogate", "lr", "other")
+DISPLAY_ORDER = ("reward", "accuracy", "reward_margin", "objective", "kl", "entropy", "entropy_cov", "throughput",
+                 "gate", "surrogate", "lr", "other")
 MAX_OTHER_PANELS = 16
 MAX_PANELS = 9
 # The headline held-out metric: the first of these a run logs.

@@ -19,12 +19,16 @@ import numpy as np
 import torch
 
 from unigrad.config import ConfigError, RunConfig
+from unigrad.critic import critic_fields, critic_for, with_critic
 from unigrad.data import formats, load_dataset_sequences
 from unigrad.data.prompts import load_prompt_splits
 from unigrad.data.sources import resolve_data_path
+from unigrad.estimator.corrections import apply_rollout_correction
 from unigrad.evaluate import evaluate_greedy, evaluate_objective
 from unigrad.experience import DatasetSource, OnPolicySamples, RolloutSource, Split, demonstration_rows
 from unigrad.experience.iterations import IterationPairs
+from unigrad.experience.memory import MemorySource, memory_source, wants_memory
+from unigrad.experience import rehearsal
 from unigrad.experience.preference_pairs import PreferencePairs, emits_for, fields as preference_fields
 from unigrad.gradients import ZEROTH_ORDER, SeededSGD, estimator
 from unigrad.gradients.curvature import curvature
@@ -34,6 +38,7 @@ from unigrad.logprobs.scores import SequenceScores
 from unigrad.methods.compose import build_objective
 from unigrad.methods.preference import on_policy
 from unigrad.methods.nash import check_experience_for, check_update_rule_for
+from unigrad.methods.unpaired import prepare_splits
 from unigrad.objectives.reward_model import check_score_run
 from unigrad.models import load_model
 from unigrad.optim import Sophia, check_in_backward, check_sophia, make_optimizer
@@ -51,11 +56,17 @@ log = logging.getLogger("unigrad")
 HINTS = {
     "reward": "online methods need data.format: prompts",
     "logp_old": "online methods need data.format: prompts",
+    "answer_id": "COPO reads the rollouts' extracted answers: data.format: prompts",
+    "train_step": "a schedule over the run (MDPO) or a per-step state (f-DPG) needs the rollouts: data.format: prompts",
     "is_demo": "mixing SFT into RL needs data.format: prompts with demonstrations",
     "sign": "this objective compares chosen and rejected (or forget and retain) rows; use data.format: pairs or forget",
+    "memory": "TRICE keeps a rationale per prompt and samples proposals for it; use data.format: prompts",
+    "mismatched": "KTO's reference point reads prompts with other examples' completions; use data.format: unpaired",
     "teacher_logp_topk": "this method distils a teacher; give the teacher model in teacher.name (like model.name)",
     "logp_anchor": ("Nash-MP's half steps need log π_k of the update's start and the policy's samples at π_k and "
                     "π_{k+½}, compared by the preference model; use data.format: prompts"),
+    "values": ("V_old comes from a critic, which the run builds for an objective that carries its value loss "
+               "(methods.ppo.WithCritic, e.g. method: {name: ppo})"),
     "preference": ("P(y ≻ y′) against an opponent's sample comes from the policy's own samples compared by the "
                    "preference model (preference:); use data.format: prompts"),
 }
@@ -140,6 +151,21 @@ def preference_shape(objective, config: RunConfig) -> str | None:
     return emits_for(objective.requires)
 
 
+def check_state_over_processes(objective, world: int) -> None:
+    """A loss's running statistic (BCO's δ, f-DPG's baseline) is updated from the rows each process sees:
+    over several processes the copies would drift apart, so such a method runs in one process."""
+    kept = sorted(stateful(objective))
+    if world > 1 and kept:
+        raise ConfigError(f"method: its loss keeps a running statistic ({', '.join(kept)}) updated from each "
+                          f"process's own rows, not yet shared over processes; run it in one process (not {world})")
+
+
+def iteration_shape(objective) -> str:
+    """What iterations serve (``experience.iterations``): every sample with its win rate when the objective
+    reads ``win_rate`` (SPPO), else preference pairs (DNO)."""
+    return "samples" if "win_rate" in objective.requires else "pairs"
+
+
 def preference_opponent(objective) -> float:
     """β of the opponent y′ ~ π^(1−β) μ^β of per-sample preferences (Nash-MD's geometric mixture of the
     policy and the reference); 0: the policy itself (self-play)."""
@@ -190,17 +216,17 @@ def _apply_lora(model, config: RunConfig, train_split: Split | None, pad_id: int
     return model
 
 
-def zeroth_order_oracle(config: RunConfig, source):
+def zeroth_order_oracle(config: RunConfig, source, reward_fn):
     """What a zeroth-order estimator evaluates at a perturbed point (``train.gradient.oracle``): None
     for the method's objective; else the greedy completions of the step's prompts by the run's
-    sampler (each process its own share, unsharded), scored by the run's reward function, as a reward
-    (mean) or a rule preference (pairwise) oracle."""
+    sampler (each process its own share, unsharded), scored by the run's reward function ``reward_fn``,
+    as a reward (mean) or a rule preference (pairwise) oracle."""
     from unigrad.gradients.oracles import GreedyCompletions, PreferenceOracle, RewardOracle, RewardScore, RulePreference
     if config.train.gradient.name == "backprop" or config.train.gradient.oracle == "objective":
         return None
     generate = GreedyCompletions(getattr(source.sampler, "inner", source.sampler), source.tokenizer, source.examples,
                                  config.rollout.max_new_tokens, source.sync)
-    score = RewardScore(source.reward_fn, source.fallback)
+    score = RewardScore(reward_fn, config.reward.fallback)
     oracles = {"reward": lambda: RewardOracle(generate, score),
                "preference": lambda: PreferenceOracle(generate, RulePreference(score))}
     return oracles[config.train.gradient.oracle]()
@@ -271,8 +297,9 @@ def assemble(config: RunConfig) -> Run:
     check_sophia(t, layout)
     check_gradient(config)
     check_update_rule(t.update_rule, layout, t.optimizer_in_backward)
-    objective = build_objective(config.method)
+    objective = apply_rollout_correction(build_objective(config.method), config.rollout.correction)
     check_update_rule_for(objective, t.update_rule)
+    check_state_over_processes(objective, procs.world)
     check_score_run(objective, config)
     emit = preference_shape(objective, config)
     check_experience_for(objective, config.iterations.steps)
@@ -298,11 +325,18 @@ def assemble(config: RunConfig) -> Run:
         if config.iterations.gold:
             demonstrations = demonstration_rows(train_prompts, tokenizer, d.max_length)
         anchored = emit == "preference" and "logp_anchor" in objective.requires   # Nash-MP's π_k
-        provided = (IterationPairs.provides if iterative else
+        if config.rollout.recompute_logp_old and (emit or iterative):
+            raise ConfigError("rollout.recompute_logp_old: the trainer recomputes π_old of rollouts scored by a reward; "
+                              "on-policy preference samples (online-dpo, nash-*, dno, sppo) keep the sampler's")
+        provided = (IterationPairs.fields(iteration_shape(objective)) if iterative else
                     preference_fields(emit) | ({"logp_anchor"} if anchored else set()) if emit else
-                    RolloutSource.fields(demonstrations is not None))
+                    RolloutSource.fields(demonstrations is not None, config.rollout.recompute_logp_old))
     else:
         provided = formats.provides(d.format)
+    provided |= critic_fields(objective, config, layout)   # PPO's V_old, from a critic the method asks for
+    provided |= rehearsal.fields_for(objective, online)   # DPH-RL's stored samples of the initial policy
+    if online and wants_memory(objective.requires):        # TRICE's rationale memory and proposals
+        provided |= MemorySource.provides
     candidates = [TokenLogprobs(t.chunk_size, pad_id, t.share_prompts, layout.agree), BestOtherToken(t.chunk_size),
                   SequenceScores(pad_id)]
     if config.teacher.name:
@@ -315,6 +349,7 @@ def assemble(config: RunConfig) -> Run:
                           "set reference.precompute: false")
     if not online:
         train_split, eval_split = _load_split(config, tokenizer, d.train, "train"), _load_split(config, tokenizer, d.eval, "eval")
+        train_split, eval_split = prepare_splits(objective, [train_split, eval_split], d.max_length)   # KTO's mismatched rows
     n_units = len(train_prompts) if online else len(train_split.units)
     if n_units < t.batch_size:
         raise ConfigError(f"train.batch_size={t.batch_size} is larger than the training set ({n_units} examples)")
@@ -337,7 +372,7 @@ def assemble(config: RunConfig) -> Run:
                             config.model.trust_remote_code)
         candidates[-1] = TeacherSupport(teacher, config.teacher.k, t.chunk_size, config.teacher.temperature)
     preference = build_preference(config, reward_fn, lambda role: load_role_and_tokenizer(
-        role, model, tokenizer, layout, device, dtype, config.model.trust_remote_code)) if emit else None
+        role, model, tokenizer, layout, device, dtype, config.model.trust_remote_code)) if emit or iterative else None
     beta = preference_opponent(objective) if emit == "preference" else 0.0
     mixture = _mixture_reference(config, model, layout, device, dtype) if beta else None
     anchor = _anchor(config, model, layout, device, dtype) if online and anchored else None
@@ -352,17 +387,24 @@ def assemble(config: RunConfig) -> Run:
             layout.sync_sampling_model(model, sampling)
             sampler.update_weights(sampling)
         source = RolloutSource(train_prompts, sampler, reward_fn, config.rollout, config.reward.fallback, tokenizer,
-                               t.batch_size, demonstrations, t.seed, config.reward.overlong_cache, sync)
+                               t.batch_size, demonstrations, t.seed, config.reward.overlong_cache, sync,
+                               recompute=(lambda rows: snapshot_logprobs(sampling, rows, pad_id, t.eval_batch_size,
+                                                                         t.chunk_size))
+                               if config.rollout.recompute_logp_old else None, steps=t.steps)
         if emit:   # the objective reads preferences: the policy's samples compared by the preference model
             opponent = geometric_mixture(sampler, mixture, beta) if beta else None
             source = PreferencePairs(train_prompts, sampler, preference, config.rollout, tokenizer, t.batch_size, emit,
                                      opponent, config.preference.ties, t.seed, sync, anchor and Anchor(
                                          anchor, pad_id, t.eval_batch_size, t.chunk_size), sampling)
+        if wants_memory(objective.requires):   # TRICE: MCMC-EM over a rationale memory per example
+            source = memory_source(config, train_prompts, sampler, reward_fn, tokenizer, sync)
         if iterative:
             source = IterationPairs(train_prompts, sampler, preference, lambda rows: snapshot_logprobs(
                                         sampling, rows, pad_id, t.eval_batch_size, t.chunk_size),
                                     config.rollout, config.iterations, tokenizer, t.batch_size, sampling,
-                                    out_dir / "iterations", demonstrations, t.seed, procs.main, sync)
+                                    out_dir / "iterations", demonstrations, t.seed, procs.main, sync,
+                                    shape=iteration_shape(objective))
+        source = rehearsal.around(source, objective, config.rehearsal, sampling, out_dir / "rehearsal", procs.main)
 
         def held_out(loss_of) -> dict:
             return evaluate_greedy(sampling, tokenizer, eval_prompts, reward_fn, config.rollout) if eval_prompts else {}
@@ -376,7 +418,9 @@ def assemble(config: RunConfig) -> Run:
             return evaluate_objective(loss_of, model, eval_split, t.eval_batch_size, device) if eval_split else {}
     params = [p for p in model.parameters() if p.requires_grad]
     gradients, update = _gradient_and_update(config, model, params, optimizer, procs,
-                                             zeroth_order_oracle(config, source))
+                                             zeroth_order_oracle(config, source, reward_fn))
+    source, update = with_critic(source, update, objective,
+                                 critic_for(objective, config, layout, procs, device, dtype, tokenizer), procs.sum)
     skips = layout.skips_updates and not t.optimizer_in_backward   # else a non-finite step cannot be undone
     data = ([(e.prompt_ids, e.answer, e.demonstration) for e in train_prompts] if online else
             [(s.prompt_ids, s.completion_ids, s.group, s.sign, s.meta.get("fields")) for s in train_split.sequences])

@@ -46,6 +46,9 @@ def stateful(*roots) -> dict[str, Stateful]:
         seen.add(id(value))
         if isinstance(value, Stateful):
             name = value.state_name
+            if not isinstance(name, str) or not name or "/" in name:
+                raise ValueError(f"state_name {name!r}: a non-empty name without '/' (the checkpoint keys its "
+                                 "tensors name/key)")
             if name in found and found[name] is not value:
                 raise ValueError(f"two parts of the run keep state under the name {name!r}; give them distinct "
                                  "state_name values")

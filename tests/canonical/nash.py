@@ -105,3 +105,17 @@ def payoff_estimate_loss(logp, mask, logp_ref, preference, tau: float) -> torch.
     B = logp.shape[0]
     return -sum(preference[b] - 0.5 - tau * (_sequence(logp, mask, b) - _sequence(logp_ref, mask, b))
                 for b in range(B)) / B
+
+
+def sppo_loss(token_probs, mask, ref_token_probs, win_rate, eta: float) -> torch.Tensor:
+    """SPPO (Wu et al. 2024, Algorithm 1), sample by sample with probabilities: π(y) = Π_t p_t over the
+    completion's tokens, and (1/N) Σ_y ( log(π_θ(y)/π_t(y)) − η (P̂(y ≻ π_t) − ½) )²."""
+    total = 0.0
+    for row in range(token_probs.shape[0]):
+        pi, pi_t = 1.0, 1.0
+        for t in range(token_probs.shape[1]):
+            if mask[row, t] > 0:
+                pi = pi * token_probs[row, t]
+                pi_t = pi_t * ref_token_probs[row, t]
+        total = total + (torch.log(pi / pi_t) - eta * (win_rate[row] - 0.5)) ** 2
+    return total / token_probs.shape[0]

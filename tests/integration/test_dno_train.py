@@ -30,6 +30,16 @@ def test_dno_trains_on_iterations_whose_reference_is_the_policy_at_their_start(t
         "iteration-0000.json", "iteration-0000.safetensors", "iteration-0001.json", "iteration-0001.safetensors"]
 
 
+def test_sppo_trains_on_every_sample_with_its_win_rate(tmp_path):
+    train(load_config(CONFIG, [*QUIET, "method={name: sppo, beta: 0.1}", "train.steps=2", f"output_dir={tmp_path}"]),
+          progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    trained = [row for row in rows if "iteration" in row]
+    assert len(trained) == 2 and trained[0]["iteration_samples"] == 4 * (3 + 1)        # K samples + gold per prompt
+    assert all(0 <= row["win_rate_mean"] <= 1 for row in trained)
+    assert trained[0]["kl_ref"] == pytest.approx(0.0, abs=1e-6)
+
+
 @pytest.mark.parametrize("overrides, message", [(["method={name: dno}", "iterations.steps=0"], "iterations.steps"),
                                                 (["method={name: grpo}"], "compare chosen and rejected")])
 def test_dno_settings_refused_with_the_reason(tmp_path, overrides, message):

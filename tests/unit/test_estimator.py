@@ -25,8 +25,8 @@ def test_ppo_clip_mask_switches_off_only_outside_the_trust_region():
     clip = PPOClip(eps_low=0.2, eps_high=0.3)
     ratio = torch.tensor([0.7, 0.7, 1.0, 1.35, 1.35])
     adv = torch.tensor([-1.0, 1.0, 1.0, 1.0, -1.0])
-    assert clip(ratio, adv).tolist() == [0.0, 1.0, 1.0, 0.0, 1.0]
-    assert clip.value_ratio(ratio).tolist() == pytest.approx([0.8, 0.8, 1.0, 1.3, 1.3])
+    assert clip(ratio, adv, None).tolist() == [0.0, 1.0, 1.0, 0.0, 1.0]
+    assert clip.value_ratio(ratio, adv, None).tolist() == pytest.approx([0.8, 0.7, 1.0, 1.3, 1.35])
 
 
 def test_clipped_estimator_gradient_and_value_equal_ppo_surrogate():

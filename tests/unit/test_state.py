@@ -45,6 +45,11 @@ def test_two_parts_under_one_name_is_an_error():
         stateful(Part(Mean("same")), Part(Mean("same")))
 
 
+def test_a_name_with_a_slash_is_refused():
+    with pytest.raises(ValueError, match="without '/'"):
+        stateful(Part(Mean("f-dpg/baseline")))
+
+
 def test_split_and_join_round_trip():
     m = Mean()
     m.total, m.count = torch.tensor([1.0, 2.0, 3.0]), 7

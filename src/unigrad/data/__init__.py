@@ -1,7 +1,8 @@
-"""Data layer: read records, validate them as ``sft``, ``pairs``, ``forget`` or ``scored``, tokenise them into Sequences."""
+"""Data layer: read records, validate them as ``sft``, ``pairs``, ``forget``, ``scored`` or ``unpaired``, tokenise them into Sequences."""
 from unigrad.data.errors import DataError
 from unigrad.data.formats import (
     FORMATS, ForgetExample, PairExample, ScoredExample, SFTExample, parse, parse_forget, parse_pair, parse_scored, parse_sft,
+    UnpairedExample, parse_unpaired,
 )
 from unigrad.data.sources import Record, read_records
 from unigrad.data.tokenization import (
@@ -17,5 +18,5 @@ from unigrad.data.tokenization import (
 __all__ = [
     "DataError", "FORMATS", "PairExample", "Record", "SFTExample", "count_truncated", "encode_completion",
     "encode_prompt", "fit", "load_dataset_sequences", "parse", "parse_pair", "parse_sft", "prompt_text",
-    "read_records", "tokenize", "ForgetExample", "ScoredExample", "parse_forget", "parse_scored",
+    "read_records", "tokenize", "ForgetExample", "ScoredExample", "parse_forget", "parse_scored", "UnpairedExample", "parse_unpaired",
 ]

@@ -10,20 +10,26 @@
 - ``scored`` (offline RL, A-LoL): ``{"prompt", "response", "reward": number}`` (``"completion"`` may
   stand for ``"response"``; ``"messages"`` as in ``sft`` also works), optional ``"value": number``
   (a baseline V(x)). Numbers must be finite; booleans are not numbers.
+- ``pairs`` records may carry ``"margin": number``, the score difference the chosen answer must win by
+  (Llama 2's per-pair margin); pairs of a file that gives it on some records only get margin 0.
+- ``unpaired`` (KTO, BCO; TRL's unpaired preference shape): ``{"prompt", "completion", "label": true|false}``,
+  prompt and completion each a string or messages as in ``pairs`` (or ``{"messages": [...], "label": ...}``
+  as in ``sft``); ``label`` true marks a desirable completion (sign +1), false an undesirable one (sign −1).
 
 A prompt is always returned as a list of messages (a plain string becomes one user message).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from unigrad.data.errors import DataError, type_name
 from unigrad.data.sources import Record
 
 ROLES = ("system", "user", "assistant")
-FORMATS = ("sft", "pairs", "forget", "scored")
+FORMATS = ("sft", "pairs", "forget", "scored", "unpaired")
 SPLITS = ("forget", "retain")
 Messages = tuple[tuple[str, str], ...]  # ((role, content), ...)
 
@@ -46,6 +52,7 @@ class PairExample:
     chosen: str
     rejected: str
     record: Record
+    fields: dict = field(default_factory=dict)   # {"margin": float} when the record gives one
     provides: ClassVar[frozenset[str]] = frozenset({"group", "sign"})
 
 
@@ -67,7 +74,19 @@ class ScoredExample:
     provides: ClassVar[frozenset[str]] = frozenset({"group", "reward", "value"})
 
 
-EXAMPLES = {"sft": SFTExample, "pairs": PairExample, "forget": ForgetExample, "scored": ScoredExample}
+@dataclass(frozen=True)
+class UnpairedExample:
+    prompt: Messages
+    completion: str
+    desirable: bool           # True: desirable (sign +1); False: undesirable (sign −1)
+    record: Record
+    # "mismatched": KTO's rows of a prompt with another example's completion, made when an objective
+    # reads them (``experience.mismatched``)
+    provides: ClassVar[frozenset[str]] = frozenset({"group", "sign", "mismatched"})
+
+
+EXAMPLES = {"sft": SFTExample, "pairs": PairExample, "forget": ForgetExample, "scored": ScoredExample,
+            "unpaired": UnpairedExample}
 
 
 def provides(format: str) -> frozenset[str]:
@@ -80,11 +99,13 @@ def parse(records: list[Record], format: str) -> list:
     if format == "sft":
         return [parse_sft(r) for r in records]
     if format == "pairs":
-        return [parse_pair(r) for r in records]
+        return _uniform_margins([parse_pair(r) for r in records])
     if format == "forget":
         return [parse_forget(r) for r in records]
     if format == "scored":
         return [parse_scored(r) for r in records]
+    if format == "unpaired":
+        return [parse_unpaired(r) for r in records]
     raise DataError(f"unknown data format {format!r}; expected one of {', '.join(FORMATS)}")
 
 
@@ -169,7 +190,44 @@ def parse_pair(record: Record) -> PairExample:
             _fail(record, 'field "prompt" is an empty list of messages')
     else:
         _fail(record, f'field "prompt" must be a string or a list of messages, got {type_name(prompt_value)}')
-    return PairExample(prompt, _answer(record, obj, "chosen", prompt), _answer(record, obj, "rejected", prompt), record)
+    return PairExample(prompt, _answer(record, obj, "chosen", prompt), _answer(record, obj, "rejected", prompt), record,
+                       _margin(record, obj))
+
+
+def _margin(record: Record, obj: dict) -> dict:
+    """``{"margin": m}`` when a pairs record gives a margin (null: none)."""
+    return {"margin": _number(record, obj, "margin")} if obj.get("margin") is not None else {}
+
+
+def _uniform_margins(examples: list[PairExample]) -> list[PairExample]:
+    """Every pair with a margin when any has one (0: no margin), so the per-row field is never missing."""
+    if not any(example.fields for example in examples):
+        return examples
+    return [example if example.fields else dataclasses.replace(example, fields={"margin": 0.0}) for example in examples]
+
+
+def parse_unpaired(record: Record) -> UnpairedExample:
+    """An unpaired record: a prompt, one completion and whether it is desirable (KTO's data)."""
+    obj = _object(record)
+    if "label" not in obj:
+        _missing(record, '"label" (unpaired records need "prompt", "completion" and "label": true or false)')
+    label = obj["label"]
+    if not isinstance(label, bool):
+        _fail(record, f'field "label" must be true (desirable) or false (undesirable), got {type_name(label)}')
+    if obj.get("messages") is not None:
+        example = parse_sft(record)
+        return UnpairedExample(example.prompt, example.completion, label, record)
+    for name in ("prompt", "completion"):
+        if name not in obj:
+            _missing(record, f'"{name}" (unpaired records need "prompt", "completion" and "label": true or false)')
+    prompt_value = obj["prompt"]
+    if isinstance(prompt_value, str):
+        prompt: Messages = (("user", _text(record, prompt_value, "prompt")),)
+    elif isinstance(prompt_value, list):
+        prompt = _messages(record, prompt_value, "prompt")
+    else:
+        _fail(record, f'field "prompt" must be a string or a list of messages, got {type_name(prompt_value)}')
+    return UnpairedExample(prompt, _answer(record, obj, "completion", prompt), label, record)
 
 
 def _implicit_pair(record: Record, obj: dict) -> PairExample:

@@ -13,7 +13,7 @@ import logging
 from typing import Any
 
 from unigrad.data.errors import DataError, one_line
-from unigrad.data.formats import ForgetExample, Messages, PairExample, ScoredExample, parse
+from unigrad.data.formats import ForgetExample, Messages, PairExample, ScoredExample, UnpairedExample, parse
 from unigrad.data.sources import Record, read_records
 from unigrad.tokens import Sequence
 
@@ -97,6 +97,8 @@ def tokenize(records: list[Record], tokenizer: Any, format: str, max_length: int
     ``pairs``: two per record, chosen (sign +1) then rejected (sign -1), group = pair index.
     ``forget``: one per record, sign -1 on the forget split and +1 on the retain split, group = record index.
     ``scored``: one per record (sign +1, group = record index), ``meta["fields"] = {"reward": r[, "value": v]}``.
+    ``unpaired``: one per record, sign +1 when desirable and −1 when not, group = record index.
+    A pair's ``margin`` goes to both of its rows' ``meta["fields"]``.
     ``meta`` holds the source (``source`` and ``line`` or ``row``) and ``truncated`` when cut.
     """
     if max_length < 2:
@@ -109,11 +111,13 @@ def tokenize(records: list[Record], tokenizer: Any, format: str, max_length: int
         if isinstance(example, PairExample):
             answers = [(example.chosen, 1.0), (example.rejected, -1.0)]
         else:
-            answers = [(example.completion, -1.0 if isinstance(example, ForgetExample) and example.forget else 1.0)]
+            negative = (isinstance(example, ForgetExample) and example.forget
+                        or isinstance(example, UnpairedExample) and not example.desirable)
+            answers = [(example.completion, -1.0 if negative else 1.0)]
         for text, sign in answers:
             p, c, cut = fit(prompt, encode_completion(tokenizer, text), max_length, truncation, example.record.where)
             meta = dict(example.record.meta, truncated=True) if cut else example.record.meta
-            if isinstance(example, ScoredExample):
+            if isinstance(example, (ScoredExample, PairExample)) and example.fields:
                 meta = dict(meta, fields=dict(example.fields))
             out.append(Sequence(tuple(p), tuple(c), group=group, sign=sign, meta=meta))
     return out

@@ -9,12 +9,12 @@ likelihood gradient (``likelihoods.py``: its unit, with a normaliser of ``normal
 """
 from unigrad.estimator.protocols import Advantage, Denominator, Mask, Normaliser, Objective, Output, Weighted
 from unigrad.estimator.checks import ParameterError
-from unigrad.estimator.masks import ClampedRatio, NoMask, PPOClip
+from unigrad.estimator.masks import CISPO, SAPO, ClampedRatio, DualClip, NoMask, PPOClip
 from unigrad.estimator.denominators import BehaviourPolicy, CurrentPolicy, One, ReferencePolicy
 from unigrad.estimator.normalisers import FixedCount, Restrict, SequenceMean, SequenceSum, TokenMean
 from unigrad.estimator.likelihoods import Likelihood
 from unigrad.estimator.advantages import (
-    AbsoluteLikelihood, Chosen, Constant, FDivergenceReward, FlatForget, FlatTemplate, GlobalNormalised,
+    GAE, AbsoluteLikelihood, Chosen, Constant, FDivergenceReward, FlatForget, FlatTemplate, GlobalNormalised,
     GroupCentred, GroupNormalised, ImpliedReward, LeaveOneOut, LeftoverAdvantage, LengthNormalisedReward, LogOdds,
     LogSigmoidRatio, Logistic, PairwisePreference, ReferenceKL, Reinforce, RowsConstant, SafeAlignWeight, Squared,
     TokenProbability,
@@ -23,11 +23,11 @@ from unigrad.estimator.core import Estimator
 
 __all__ = [
     "Advantage", "Denominator", "Mask", "Normaliser", "Objective", "Output", "ParameterError", "Weighted", "Estimator",
-    "NoMask", "PPOClip", "ClampedRatio",
+    "NoMask", "PPOClip", "ClampedRatio", "DualClip", "CISPO", "SAPO",
     "CurrentPolicy", "BehaviourPolicy", "ReferencePolicy", "One",
     "Likelihood", "TokenMean", "SequenceMean", "SequenceSum", "FixedCount", "Restrict",
     "Constant", "Chosen", "RowsConstant", "PairwisePreference", "ImpliedReward", "FDivergenceReward",
     "LengthNormalisedReward", "LogOdds", "Logistic", "Squared", "AbsoluteLikelihood",
-    "GroupNormalised", "GroupCentred", "LeaveOneOut", "Reinforce", "GlobalNormalised", "LeftoverAdvantage",
+    "GroupNormalised", "GroupCentred", "LeaveOneOut", "Reinforce", "GlobalNormalised", "LeftoverAdvantage", "GAE",
     "TokenProbability", "FlatTemplate", "FlatForget", "LogSigmoidRatio", "ReferenceKL", "SafeAlignWeight",
 ]

@@ -38,15 +38,19 @@ class Weighted:
 
 
 class Mask(Protocol):
-    """Stabilization mask m ≥ 0: called with the detached ratio r and Â (same shape), returns m;
-    ``value_ratio(r)`` is the ratio the canonical objective uses where m cuts the term."""
+    """Stabilization mask m ≥ 0: called with the detached ratio r, Â (same shape) and the batch (a
+    rollout correction reads its fields), returns m; ``value_ratio`` is the ratio r̃ the canonical
+    objective −(1/Z) Σ Â·r̃ uses (r where m keeps the term, PPO's clip(r) where it cuts it);
+    ``metrics`` what the mask reports."""
 
     @property
     def requires(self) -> frozenset[str]: ...
 
-    def __call__(self, ratio: Tensor, advantage: Tensor) -> Tensor: ...
+    def __call__(self, ratio: Tensor, advantage: Tensor, batch: Batch) -> Tensor: ...
 
-    def value_ratio(self, ratio: Tensor) -> Tensor: ...
+    def value_ratio(self, ratio: Tensor, advantage: Tensor, batch: Batch) -> Tensor: ...
+
+    def metrics(self, ratio: Tensor, advantage: Tensor, batch: Batch) -> dict[str, float]: ...
 
 
 class Denominator(Protocol):

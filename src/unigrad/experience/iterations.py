@@ -17,6 +17,11 @@ as it is at step t·S:
    reference model is held.
 
 Its S steps then serve the iteration's pairs in a seeded order (an epoch is ⌈pairs / batch⌉ steps).
+
+The ``samples`` shape (the objective reads ``win_rate``: SPPO, Wu et al. 2024, "Self-Play Preference
+Optimization for Language Model Alignment", arXiv 2405.00675, Algorithm 1) skips steps 3–4: every
+candidate is a row of its own with its win rate s_i ≈ P(y_i ≻ π_t) (``extra["win_rate"]``) and its
+log-probs under π_t, served batch_size rows per step.
 Each iteration's pairs and reference log-probs are written to ``folder/iteration-TTTT`` (safetensors
 and JSON, atomically) with a fingerprint of the weights they were made from, so a run resumed in the
 middle of an iteration — when the weights are no longer π_t — serves the same pairs against the same
@@ -28,7 +33,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -48,6 +53,7 @@ class IterationData:
     ref_rejected: torch.Tensor
     new: int
     metrics: dict = field(default_factory=dict)
+    scores: torch.Tensor | None = None   # the samples shape: the win rate of each ``chosen`` row ([N]); no rejected
 
 
 def win_rates(prefer: Callable, prompts: list, candidates: list[list[str]], answers: list) -> torch.Tensor:
@@ -113,8 +119,17 @@ class IterationPairs:
     write: bool = True               # this process writes the iteration files (the main one)
     sync: Callable[[], None] = lambda: None
     epochs: int = 1
-    provides: frozenset = frozenset({"group", "sign", "logp_ref"})
+    shape: Literal["pairs", "samples"] = "pairs"
     _done: dict = field(default_factory=dict)
+
+    @staticmethod
+    def fields(shape: str) -> frozenset[str]:
+        """What the iterations fill: pairs (groups, signs) or scored samples, each against π_t's log-probs."""
+        return frozenset({"group", "sign", "logp_ref"} if shape == "pairs" else {"group", "win_rate", "logp_ref"})
+
+    @property
+    def provides(self) -> frozenset[str]:
+        return self.fields(self.shape)
 
     def __call__(self, step: int) -> Experience:
         t, position = divmod(step, self.settings.steps)
@@ -127,6 +142,9 @@ class IterationPairs:
         laps = (position + 1) * self.batch_size // n + 1
         order = torch.cat([torch.randperm(n, generator=generator) for _ in range(laps)])
         chosen = order[position * self.batch_size:(position + 1) * self.batch_size].tolist()
+        metrics = {"iteration": float(t), **{f"iteration_{k}": v for k, v in data.metrics.items()}}
+        if self.shape == "samples":
+            return self._samples(data, chosen, metrics)
         sequences, units = [], []
         for k, i in enumerate(chosen):
             units.append([2 * k, 2 * k + 1])
@@ -137,8 +155,17 @@ class IterationPairs:
         for k, i in enumerate(chosen):
             ref[2 * k, :data.ref_chosen.shape[1]] = data.ref_chosen[i, :width]
             ref[2 * k + 1, :data.ref_rejected.shape[1]] = data.ref_rejected[i, :width]
-        return Experience(sequences, units, {"logp_ref": ref}, None,
-                          {"iteration": float(t), **{f"iteration_{k}": v for k, v in data.metrics.items()}})
+        return Experience(sequences, units, {"logp_ref": ref}, None, metrics)
+
+    @staticmethod
+    def _samples(data: IterationData, chosen: list[int], metrics: dict) -> Experience:
+        sequences = [Sequence(data.chosen[i].prompt_ids, data.chosen[i].completion_ids, group=k)
+                     for k, i in enumerate(chosen)]
+        width = max(len(s.completion_ids) for s in sequences)
+        ref = torch.zeros(len(sequences), width)
+        ref[:, :min(width, data.ref_chosen.shape[1])] = data.ref_chosen[chosen, :width]
+        return Experience(sequences, [[k] for k in range(len(chosen))],
+                          {"logp_ref": ref, "win_rate": data.scores[chosen].float()}, None, metrics)
 
     def after_update(self) -> None:
         self.sync()
@@ -174,6 +201,8 @@ class IterationPairs:
                 candidates[p].append(self.examples[u].demonstration or "")
                 rows[p].append(self.gold[u])
         scores = win_rates(self.prefer, [e.prompt_text for e in examples], candidates, [e.answer for e in examples])
+        if self.shape == "samples":
+            return self._scored_samples(t, [row for prompt in rows for row in prompt], scores)
         new = [(rows[p][i], rows[p][j]) for p in range(len(examples))
                for i, j in margin_pairs(scores[p], self.settings.margin, self.settings.min_score)]
         carried = self._carried(t)
@@ -186,6 +215,15 @@ class IterationPairs:
                                                      for s in scores))}
         data = IterationData([c for c, _ in pairs], [r_ for _, r_ in pairs], ref_chosen, ref_rejected, len(new),
                              metrics)
+        if self.write:
+            self._save(t, data)
+        return data
+
+    def _scored_samples(self, t: int, rows: list[Sequence], scores: torch.Tensor) -> IterationData:
+        """Every candidate with its win rate, against π_t (SPPO's iteration data; nothing carried over)."""
+        data = IterationData(rows, [], self.reference_logprobs(rows), torch.zeros(0, 1), len(rows),
+                             {"samples": float(len(rows)), "score_mean": float(scores.mean()),
+                              "best_score": float(scores.max(1).values.mean())}, scores.reshape(-1).float())
         if self.write:
             self._save(t, data)
         return data
@@ -216,6 +254,8 @@ class IterationPairs:
                    "completions": _token_rows([s.completion_ids for s in rows]),
                    "prompt_lengths": torch.tensor([len(s.prompt_ids) for s in rows]),
                    "completion_lengths": torch.tensor([len(s.completion_ids) for s in rows])}
+        if data.scores is not None:
+            tensors["scores"] = data.scores.contiguous()
         meta = {"iteration": t, "fingerprint": weights_fingerprint(self.policy), "new": data.new,
                 "pairs": len(data.chosen), "metrics": data.metrics}
         for path, write in ((tensors_path, lambda p: save_file(tensors, str(p))),
@@ -236,4 +276,5 @@ class IterationPairs:
                          tuple(x["completions"][i, :int(x["completion_lengths"][i])].tolist()))
                 for i in range(len(x["prompt_lengths"]))]
         n = meta["pairs"]
-        return IterationData(rows[:n], rows[n:], x["ref_chosen"], x["ref_rejected"], meta["new"], meta["metrics"])
+        return IterationData(rows[:n], rows[n:], x["ref_chosen"], x["ref_rejected"], meta["new"], meta["metrics"],
+                             x.get("scores"))

@@ -22,7 +22,8 @@ policy at the start of the step, and the step's experience can be drawn again at
 The sampler's log-probs of the policy's tokens are the behaviour log-probs (``logp_old``). Samples are
 seeded by (seed, step), so a resumed run draws the same ones. Metrics: ``preference/queries`` (pairs the
 preference model compared), ``preference/chosen_mean`` (mean P(chosen ≻ rejected) over the kept pairs),
-``preference/ties``, ``preference/dropped`` and ``preference/mean`` (mean P(y ≻ y′), preference shape).
+``preference/ties``, ``preference/dropped``, ``preference/mean`` (mean P(y ≻ y′), preference shape) and
+``entropy`` (the policy samples' mean per-token entropy, where the sampler gives it: ``rollout.base``).
 """
 from __future__ import annotations
 
@@ -123,7 +124,7 @@ class PreferencePairs:
             raise ValueError(f"the preference model returned {p.tolist()} for {len(texts_a)} pairs; "
                              "it must give one P(a ≻ b) in [0, 1] per pair")
         metrics = {"preference/queries": float(len(p)), "preference/ties": float((p == 0.5).sum()),
-                   "completion_length": float(policy.lengths.float().mean())}
+                   "completion_length": float(policy.lengths.float().mean()), **policy.entropy_metrics()}
         made = self._pairs(units, policy, opponent, p, metrics) if self.emit == "pairs" else \
             self._preferences(units, policy, p, n, metrics)
         if self.anchor is not None:
@@ -169,7 +170,8 @@ def _rows(rollouts, rows: list[int], n: int):
     return Rollouts([rollouts.prompt_ids[r] for r in rows], [rollouts.completion_ids[r] for r in rows],
                     rollouts.logp_policy[index, :width], rollouts.logp_temperature[index, :width],
                     rollouts.logp_sample[index, :width], rollouts.mask[index, :width],
-                    torch.arange(len(rows) // n).repeat_interleave(n), rollouts.finished[index], n, rollouts.sampling)
+                    torch.arange(len(rows) // n).repeat_interleave(n), rollouts.finished[index], n, rollouts.sampling,
+                    None if rollouts.entropy is None else rollouts.entropy[index, :width])
 
 
 def _padded(rows: list) -> torch.Tensor:

@@ -8,6 +8,7 @@ import torch
 
 from unigrad.experience.base import Experience
 from unigrad.experience.dataset import step_units
+from unigrad.rollout.base import token_entropy
 from unigrad.rollout.shaping import keep_informative_groups, overlong_penalty
 from unigrad.tokens import Sequence
 
@@ -18,7 +19,8 @@ class RolloutSource:
 
     With ``demonstrations`` (the objective reads ``is_demo``: HPT and other SFT+RL mixes) each prompt
     also contributes its demonstration as a row marked ``is_demo``. The sampler's log-probs of the
-    sampled tokens are the behaviour log-probs (``logp_old``): no extra forward pass. With DAPO's
+    sampled tokens are the behaviour log-probs (``logp_old``): no extra forward pass, unless ``recompute``
+    gives the trainer's (then the sampler's are ``logp_sampler``, for a rollout correction). With DAPO's
     dynamic sampling (``rollout.dynamic_sampling``), prompts whose rollouts all got the same reward
     are replaced by prompts drawn with seed + 1."""
     examples: list                   # PromptExample with prompt_ids
@@ -32,19 +34,26 @@ class RolloutSource:
     seed: int = 0
     overlong_cache: int | None = None
     sync: Callable[[], None] = lambda: None   # hands the updated policy to the sampler
+    # rollout.recompute_logp_old: [N, T] log π_old of the sequences from a trainer forward (no grad); the
+    # sampler's log-probs are then kept as ``logp_sampler`` for a rollout correction
+    recompute: Callable[[list[Sequence]], torch.Tensor] | None = None
+    steps: int = 0                   # train.steps: rows carry train_step / train_steps for schedules (MDPO's t_k)
 
     @property
     def epochs(self) -> int:
         return self.rollout.epochs
 
     @staticmethod
-    def fields(with_demonstrations: bool) -> frozenset[str]:
-        """What rollouts carry: prompt groups, rewards, behaviour log-probs; with demonstrations, is_demo."""
-        return frozenset({"group", "reward", "logp_old"} | ({"is_demo"} if with_demonstrations else set()))
+    def fields(with_demonstrations: bool, recomputed: bool = False) -> frozenset[str]:
+        """What rollouts carry: prompt groups, rewards, behaviour log-probs; with demonstrations, is_demo;
+        with π_old recomputed, the sampler's log-probs."""
+        return frozenset({"group", "reward", "logp_old", "answer_id", "train_step", "train_steps"}
+                         | ({"is_demo"} if with_demonstrations else set())
+                         | ({"logp_sampler"} if recomputed else set()))
 
     @property
     def provides(self) -> frozenset[str]:
-        return self.fields(self.demonstrations is not None)
+        return self.fields(self.demonstrations is not None, self.recompute is not None)
 
     def __call__(self, step: int) -> Experience:
         units = step_units(len(self.examples), self.batch_size, step, self.seed)
@@ -64,6 +73,7 @@ class RolloutSource:
         rewards, report = score_rollouts(self.reward_fn, [e.prompt_text for e in chosen], rollouts.texts(tokenizer),
                                          [e.answer for e in chosen], fallback=self.fallback,
                                          metas=[e.extra for e in chosen])
+        rollouts.token_rewards = report.token_rewards
         if self.overlong_cache:
             rewards = rewards + overlong_penalty(rollouts.lengths, r.max_new_tokens, self.overlong_cache).to(rewards.dtype)
         return rollouts, rewards, report
@@ -92,13 +102,15 @@ class RolloutSource:
             dropped = float(len(units) - len(rows))
             # Nothing informative at all: train on the original prompts (their advantages are 0).
             rows = rows[:len(units)] or [(u, rollouts, rewards, i) for i, u in enumerate(units)]
-        sequences, grouped, reward, old_rows, is_demo, finished = [], [], [], [], [], []
+        sequences, grouped, reward, old_rows, is_demo, finished, entropy, tokens = [], [], [], [], [], [], [], []
         for u, ro, rw, i in rows:
             grouped.append(list(range(len(sequences), len(sequences) + n)))
             for j, s in enumerate(ro.sequences()[i * n:(i + 1) * n]):
                 sequences.append(Sequence(s.prompt_ids, s.completion_ids, group=u, meta=s.meta))
                 old_rows.append(ro.logp_policy[i * n + j])
                 finished.append(bool(ro.finished[i * n + j]))
+                entropy.append(None if ro.entropy is None else ro.entropy[i * n + j, :len(s.completion_ids)])
+                tokens.append(ro.token_rewards[i * n + j] if ro.token_rewards else None)
             reward.extend(rw[i * n:(i + 1) * n].tolist())
             is_demo.extend([False] * n)
         rollout_rows = len(sequences)
@@ -116,13 +128,42 @@ class RolloutSource:
         lengths = torch.tensor([float(len(s.completion_ids)) for s in sequences[:rollout_rows]])
         metrics = {"reward_mean": float(rollout_reward.mean()), "rollout_accuracy": float((rollout_reward > 0.5).float().mean()),
                    "completion_length": float(lengths.mean()),
-                   "truncated_fraction": 1.0 - sum(finished) / max(len(finished), 1), **report.metrics()}
+                   "truncated_fraction": 1.0 - sum(finished) / max(len(finished), 1), **report.metrics(),
+                   **token_entropy(entropy)}
         if self.rollout.dynamic_sampling:
             metrics["uninformative_groups_missing"] = dropped
         if report.example_error:
             metrics["reward_error_example"] = report.example_error
         fields = {"reward": torch.tensor(reward), "logp_old": old, "is_demo": torch.tensor(is_demo)}
+        # the step's place in the run, and each rollout's extracted answer (COPO's consistency); demonstrations get id 0
+        from unigrad.rewards.answers import answer_ids
+        texts = [tokenizer.decode(list(s.completion_ids), skip_special_tokens=True) for s in sequences[:rollout_rows]]
+        fields["answer_id"] = torch.cat([answer_ids(texts), torch.zeros(len(sequences) - rollout_rows, dtype=torch.long)])
+        fields["train_step"], fields["train_steps"] = (torch.full((len(sequences),), v) for v in (step, self.steps))
+        if any(t is not None for t in tokens):   # process rewards: one per completion token (GAE reads them)
+            fields["token_rewards"] = token_reward_rows(tokens, sequences, reward, width)
+        if self.recompute is not None:
+            fields["logp_sampler"], fields["logp_old"] = old, torch.zeros_like(old)
+            trainer = self.recompute(sequences[:rollout_rows])
+            fields["logp_old"][:rollout_rows, :trainer.shape[1]] = trainer
         return Experience(sequences, grouped, fields, None, metrics)
+
+
+def token_reward_rows(tokens: list, sequences: list[Sequence], reward: list[float], width: int) -> torch.Tensor:
+    """[N, width]: row i's per-token rewards, or (a row scored by a scalar, e.g. a fallback, or a
+    demonstration) its reward at its last completion token. A per-token list must have |y_i| entries."""
+    out = torch.zeros(len(sequences), width)
+    for i, s in enumerate(sequences):
+        size = len(s.completion_ids)
+        given = tokens[i] if i < len(tokens) else None
+        if given is not None and given.numel() != size:
+            raise ValueError(f"the reward function returned {given.numel()} per-token rewards for a completion of "
+                             f"{size} tokens (sample {i}); return one per completion token, or one scalar")
+        if given is not None:
+            out[i, :size] = given
+        elif size:
+            out[i, size - 1] = reward[i]
+    return out
 
 
 def demonstration_rows(examples: list, tokenizer, max_length: int) -> list[Sequence]:

@@ -6,13 +6,19 @@ import inspect
 
 from unigrad.estimator import Estimator
 from unigrad.objectives import Gate, Sum
-from unigrad.methods.preference import dpo, f_dpo, ipo, online_dpo, orpo, sft, simpo
+from unigrad.objectives.route import Route
+from unigrad.methods.preference import cpo, dpo, f_dpo, ipo, online_dpo, orpo, sft, simpo
+from unigrad.methods.unpaired import bco, kto
 from unigrad.methods.offline import a_lol, a_lol_kl, a_lol_ref_free, a_lol_seq, asft, ddo
 from unigrad.methods.unlearning import flat, ga, grad_diff, ihl, npo, safe_align
-from unigrad.methods.rl import dapo, dr_grpo, grpo, gspo, hpt, reinforce, reinforce_pp, rloo
+from unigrad.methods.rl import cispo, dapo, dr_grpo, grpo, gspo, hpt, reinforce, reinforce_pp, rloo, sapo
 from unigrad.methods.distill import bd_kd, kd_forward, kd_js, kd_reverse, pld, sinkd
-from unigrad.methods.nash import dno, nash_md, nash_mp
+from unigrad.methods.nash import dno, nash_md, nash_mp, sppo
 from unigrad.methods.reward_model import reward_model
+from unigrad.methods.latent import trice
+from unigrad.methods.ppo import ppo
+from unigrad.methods.dph import dph_rl
+from unigrad.methods.rl_variants import asymre, copo, f_dpg, mdpo, opmd
 
 REGISTRY = {
     "sft": sft,
@@ -22,6 +28,9 @@ REGISTRY = {
     "simpo": simpo,
     "orpo": orpo,
     "f-dpo": f_dpo,
+    "cpo": cpo,
+    "kto": kto,
+    "bco": bco,
     "ga": ga,
     "grad-diff": grad_diff,
     "npo": npo,
@@ -42,6 +51,15 @@ REGISTRY = {
     "reinforce": reinforce,
     "reinforce++": reinforce_pp,
     "hpt": hpt,
+    "cispo": cispo,
+    "sapo": sapo,
+    "ppo": ppo,
+    "dph-rl": dph_rl,
+    "opmd": opmd,
+    "asymre": asymre,
+    "mdpo": mdpo,
+    "copo": copo,
+    "f-dpg": f_dpg,
     "kd-forward": kd_forward,
     "kd-reverse": kd_reverse,
     "kd-js": kd_js,
@@ -51,7 +69,9 @@ REGISTRY = {
     "nash-md": nash_md,
     "dno": dno,
     "nash-mp": nash_mp,
+    "sppo": sppo,
     "reward-model": reward_model,
+    "trice": trice,
 }
 
 
@@ -97,9 +117,14 @@ def describe(objective, indent: str = "  ") -> str:
         return (f"{indent}per prompt, success rate ≤ {objective.gamma:g} → below, else above\n"
                 f"{indent}below:\n{describe(objective.below, indent + '    ')}\n"
                 f"{indent}above:\n{describe(objective.above, indent + '    ')}")
+    if isinstance(objective, Route):                                    # rows routed by a flag the data carry
+        marked, other = objective.names
+        return (f"{indent}rows with {objective.field} → {marked}, the others → {other}\n"
+                f"{indent}{marked}:\n{describe(objective.marked, indent + '    ')}\n"
+                f"{indent}{other}:\n{describe(objective.other, indent + '    ')}")
     inner = getattr(objective, "objective", None)
     if inner is not None and not isinstance(objective, Estimator):      # a wrapper: what it asks, then its parts
-        asks = {"update_rule": "update rule", "experience": "trains on"}
+        asks = {"update_rule": "update rule", "experience": "trains on", "value_loss": "critic"}
         said = [f"{label}: {getattr(objective, key)}" for key, label in asks.items() if hasattr(objective, key)]
         return f"{indent}{type(objective).__name__}({', '.join(said)})\n{describe(inner, indent)}"
     if not isinstance(objective, Estimator):

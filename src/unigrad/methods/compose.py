@@ -33,12 +33,13 @@ def rows_sequence_sum(rows: Rows = "negative") -> E.Restrict:
 
 
 PARTS = {
-    "mask": {"none": E.NoMask, "ppo_clip": E.PPOClip, "clamped_ratio": E.ClampedRatio},
+    "mask": {"none": E.NoMask, "ppo_clip": E.PPOClip, "clamped_ratio": E.ClampedRatio, "dual_clip": E.DualClip,
+             "cispo": E.CISPO, "sapo": E.SAPO},
     "denominator": {"current": E.CurrentPolicy, "behaviour": E.BehaviourPolicy, "reference": E.ReferencePolicy, "one": E.One},
     "advantage": {"constant": E.Constant, "chosen": E.Chosen, "pairwise": E.PairwisePreference,
                   "group_normalised": E.GroupNormalised, "group_centred": E.GroupCentred,
                   "leave_one_out": E.LeaveOneOut, "reinforce": E.Reinforce, "global_normalised": E.GlobalNormalised,
-                  "rows_constant": E.RowsConstant, "leftover": E.LeftoverAdvantage},
+                  "rows_constant": E.RowsConstant, "leftover": E.LeftoverAdvantage, "gae": E.GAE},
     "score": {"implied_reward": E.ImpliedReward, "f_divergence_reward": E.FDivergenceReward,
               "length_normalised_reward": E.LengthNormalisedReward, "log_odds": E.LogOdds},
     "link": {"logistic": E.Logistic, "squared": E.Squared},

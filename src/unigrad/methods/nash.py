@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from unigrad.batch import Batch
 from unigrad.config import ConfigError
 from unigrad.estimator import CurrentPolicy, Estimator, Likelihood, NoMask, SequenceSum
-from unigrad.estimator.advantages.nash import GeometricMixture, NashAdvantage
+from unigrad.estimator.advantages.nash import GeometricMixture, NashAdvantage, SelfPlayRegression
 from unigrad.estimator.checks import fraction, one_of, part, positive
 from unigrad.estimator.protocols import Objective, Output
 
@@ -138,10 +138,11 @@ def check_experience_for(objective, iteration_steps: int) -> None:
     if wants and iteration_steps < 1:
         raise ConfigError(f"iterations.steps={iteration_steps}: this method (DNO) trains on batched on-policy "
                           "iterations of preference pairs; set iterations.steps to the optimiser steps per iteration")
-    if iteration_steps and not {"sign", "logp_ref"} <= objective.requires:
-        raise ConfigError(f"iterations.steps={iteration_steps}: iterations make preference pairs against the "
-                          "iteration's reference; the method must compare chosen and rejected rows against a "
-                          "reference (dno, dpo, ipo, …)")
+    compares = {"sign", "logp_ref"} <= objective.requires or {"win_rate", "logp_ref"} <= objective.requires
+    if iteration_steps and not compares:
+        raise ConfigError(f"iterations.steps={iteration_steps}: iterations make preference pairs (or scored samples) "
+                          "against the iteration's reference; the method must compare chosen and rejected rows "
+                          "(dno, dpo, ipo, …) or score samples by their win rate (sppo) against a reference")
 
 
 def dno(beta: float = 0.1) -> WithExperience:
@@ -159,6 +160,24 @@ def dno(beta: float = 0.1) -> WithExperience:
     return WithExperience(dpo(beta), "iterations")
 
 
+def sppo(beta: float = 1e-3) -> WithExperience:
+    """SPPO (Wu et al. 2024, "Self-Play Preference Optimization for Language Model Alignment", arXiv
+    2405.00675, Algorithm 1): iterations t = 1 … T of
+
+        π_{t+1} = argmin_π E_{y~π_t} ( log π(y)/π_t(y) − η (P̂(y ≻ π_t) − ½) )²,   η = 1/β,
+
+    P̂(y ≻ π_t) the win rate of each of K samples of π_t against the prompt's other samples under the
+    preference model — the multiplicative-weights step π_{t+1} ∝ π_t exp(η P(·≻π_t)) of the
+    preference game, fitted by regression. The iterations (sampling, win rates, π_t's log-probs) are
+    DNO's (``iterations:``), serving every sample with its win rate instead of pairs. β = 10⁻³ (η = 1000)
+    as the authors' code. Parts: m = 1, π_den = sg π_θ, ``SelfPlayRegression(1/β)``, sequence log-prob
+    (sum), mean over samples."""
+    positive("sppo", "beta", beta, "η = 1/β scales the win rate the log-ratio against π_t is regressed onto")
+    return WithExperience(Estimator(mask=NoMask(), denominator=CurrentPolicy(),
+                                    advantage=SelfPlayRegression(1.0 / float(beta)), likelihood=_SEQUENCE_LOGPROB),
+                          "iterations")
+
+
 def mirror_prox_step(beta: float, eta: float) -> float:
     """s = η/(β(1+η)): the mirror step along Â that solves one of Nash-MP's proximal problems exactly."""
     positive("nash-mp", "beta", beta, "the weight of KL(π‖μ)")
@@ -167,4 +186,4 @@ def mirror_prox_step(beta: float, eta: float) -> float:
 
 
 __all__ = ["WithExperience", "WithUpdateRule", "check_experience_for", "check_update_rule_for", "dno", "mirror_prox_step",
-           "nash_md", "nash_mp", "required_update_rule"]
+           "nash_md", "nash_mp", "required_update_rule", "sppo"]

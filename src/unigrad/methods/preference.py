@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 from unigrad.estimator import (
     Chosen, Constant, Estimator, FDivergenceReward, ImpliedReward, LengthNormalisedReward, Likelihood,
-    Logistic, LogOdds, PairwisePreference, SequenceMean, SequenceSum, Squared, TokenMean,
+    Logistic, LogOdds, PairwisePreference, Restrict, RowsConstant, SequenceMean, SequenceSum, Squared, TokenMean,
 )
-from unigrad.estimator.advantages.preference import IMPLIED_BETA
+from unigrad.estimator.advantages.preference import IMPLIED_BETA, LogLikelihoodReward
 from unigrad.estimator.checks import non_negative, number, one_of, part, positive
 from unigrad.estimator.protocols import Objective, Output
 from unigrad.objectives import DIVERGENCES, Sum, Term
@@ -110,6 +110,22 @@ def orpo(lam: float = 0.1) -> Sum:
     nll_chosen = Estimator(advantage=Chosen(), likelihood=_PER_PAIR_MEAN)
     odds_ratio = Estimator(advantage=PairwisePreference(LogOdds(), Logistic()), likelihood=_PER_PAIR_MEAN)
     return Sum((Term(1.0, nll_chosen, "sft"), Term(lam, odds_ratio, "odds_ratio")))
+
+
+def cpo(beta: float = 0.1, alpha: float = 1.0) -> Sum:
+    """CPO (Xu et al. 2024, "Contrastive Preference Optimization: Pushing the Boundaries of LLM Performance
+    in Machine Translation", arXiv 2401.08417; TRL's ``CPOTrainer``, sigmoid loss):
+
+        L = −log σ(β ℓ(y_w) − β ℓ(y_l)) + α · NLL(y_w),
+
+    sequence-sum log-probs, no reference model; the NLL is a token mean over the chosen responses'
+    tokens (TRL's cross-entropy on the chosen rows). A sum of a Bradley–Terry term on β ℓ per pair and
+    SFT restricted to the chosen rows."""
+    positive("cpo", "beta", beta, IMPLIED_BETA)
+    non_negative("cpo", "alpha", alpha, "it weighs the NLL of the chosen response; a negative alpha pushes it down")
+    preference = Estimator(advantage=PairwisePreference(LogLikelihoodReward(beta), Logistic()), likelihood=_PER_PAIR_SUM)
+    nll_chosen = Estimator(advantage=RowsConstant(1.0, "positive"), likelihood=Likelihood("token", Restrict(TokenMean(), "positive")))
+    return Sum((Term(1.0, preference, "preference"), Term(alpha, nll_chosen, "sft")))
 
 
 def f_dpo(beta: float = 0.1, divergence: str = "reverse_kl", alpha: float = 0.5) -> Estimator:

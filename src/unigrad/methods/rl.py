@@ -16,7 +16,7 @@ from unigrad.estimator import (
     LeaveOneOut, Likelihood, NoMask, PPOClip, Reinforce, SequenceMean, SequenceSum, TokenMean,
 )
 from unigrad.estimator.checks import flag, fraction, non_negative, number, positive
-from unigrad.estimator.masks import LOWER_CLIP, UPPER_CLIP
+from unigrad.estimator.masks import CISPO, DUAL_CLIP, LOWER_CLIP, SAPO, TEMPERATURE, UPPER_CLIP, DualClip
 from unigrad.methods.preference import sft
 from unigrad.objectives import Gate, KLPenalty, Sum, Term
 from unigrad.objectives.gate import GAMMA
@@ -35,13 +35,21 @@ def _asymmetric_clip(owner: str, eps_low, eps_high) -> None:
     non_negative(owner, "eps_high", eps_high, UPPER_CLIP)
 
 
+def _ppo_mask(owner: str, eps_low: float, eps_high: float, dual_clip):
+    """PPO's clip, or with ``dual_clip`` = c its dual clip (Ye et al. 2020): Â < 0 terms bounded by c·Â."""
+    if dual_clip is None:
+        return PPOClip(eps_low, eps_high)
+    number(owner, "dual_clip", dual_clip, DUAL_CLIP + "; null turns the dual clip off", low=1, low_open=True)
+    return DualClip(eps_low, eps_high, float(dual_clip))
+
+
 def _with_kl(policy: Estimator, beta: float):
     if beta == 0:
         return policy
     return Sum((Term(1.0, policy, "policy"), Term(beta, KLPenalty("k3", SequenceMean()), "kl")))
 
 
-def grpo(eps: float = 0.2, beta: float = 0.0):
+def grpo(eps: float = 0.2, beta: float = 0.0, dual_clip: float | None = None):
     """GRPO (Shao et al. 2024, "DeepSeekMath: Pushing the Limits of Mathematical Reasoning in Open
     Language Models", eq. 3, outcome supervision §4.1.2):
 
@@ -51,11 +59,12 @@ def grpo(eps: float = 0.2, beta: float = 0.0):
 
     Parts: m = PPO clip (ε, ε), π_den = π_old, Â group-normalised, token unit with per-sequence token
     mean then mean over sequences; β > 0 adds ``KLPenalty("k3", SequenceMean())`` with weight β (the
-    paper uses β = 0.04; default 0 as in DAPO / Dr. GRPO / most R1-Zero recipes)."""
+    paper uses β = 0.04; default 0 as in DAPO / Dr. GRPO / most R1-Zero recipes). ``dual_clip`` = c
+    (verl: 3) bounds a negative-advantage token's term below by c·Â (``DualClip``); None: off."""
     _clip_width("grpo", eps)
     non_negative("grpo", "beta", beta, "the KL penalty's coefficient; a negative beta rewards drifting from the reference")
-    policy = Estimator(mask=PPOClip(eps, eps), denominator=BehaviourPolicy(), advantage=GroupNormalised(),
-                       likelihood=_PER_SEQUENCE_TOKEN_MEAN)
+    policy = Estimator(mask=_ppo_mask("grpo", eps, eps, dual_clip), denominator=BehaviourPolicy(),
+                       advantage=GroupNormalised(), likelihood=_PER_SEQUENCE_TOKEN_MEAN)
     return _with_kl(policy, beta)
 
 
@@ -76,7 +85,7 @@ def dr_grpo(eps: float = 0.2, max_tokens: float = 3000.0) -> Estimator:
                      likelihood=Likelihood("token", FixedCount(float(max_tokens))))
 
 
-def dapo(eps_low: float = 0.2, eps_high: float = 0.28) -> Estimator:
+def dapo(eps_low: float = 0.2, eps_high: float = 0.28, dual_clip: float | None = None) -> Estimator:
     """DAPO (Yu et al. 2025, "DAPO: An Open-Source LLM Reinforcement Learning System at Scale", eq. 8
     with clip-higher eq. 10 and the token-level loss eq. 12):
 
@@ -87,10 +96,44 @@ def dapo(eps_low: float = 0.2, eps_high: float = 0.28) -> Estimator:
     batch. DAPO's other two techniques act on the data, not the gradient: dynamic sampling
     (``rollout.shaping.keep_informative_groups``: keep only prompts with 0 < #correct < G, and sample more until
     the batch is full) and soft overlong punishment (``rollout.shaping.overlong_penalty``, added to the
-    reward); the rollout producer applies them."""
+    reward); the rollout producer applies them. ``dual_clip`` = c adds PPO's dual clip (as ``grpo``)."""
     _asymmetric_clip("dapo", eps_low, eps_high)
-    return Estimator(mask=PPOClip(eps_low, eps_high), denominator=BehaviourPolicy(), advantage=GroupNormalised(),
+    return Estimator(mask=_ppo_mask("dapo", eps_low, eps_high, dual_clip), denominator=BehaviourPolicy(),
+                     advantage=GroupNormalised(), likelihood=Likelihood("token", TokenMean()))
+
+
+def cispo(eps_low: float = 1.0, eps_high: float = 4.0) -> Estimator:
+    """CISPO (MiniMax 2025, "MiniMax-M1: Scaling Test-Time Compute Efficiently with Lightning
+    Attention", arXiv 2506.13585): REINFORCE with a clipped, detached importance weight,
+
+        L = −(1/Σ_i |y_i|) Σ_i Σ_t sg(clip(r_{i,t}, 1−ε_low, 1+ε_high)) Â_i ℓ_{i,t},
+        Â_i = (R_i − mean_G R) / std_G R,
+
+    so every token keeps a gradient (PPO's clip drops the tokens outside the range, which in
+    reflective reasoning are often the rare "fork" tokens). Defaults: ε_low = 1 (no lower bound: the
+    paper sets ε_low large and tunes ε_high only), ε_high = 4 (the weight capped at 5, TRL's
+    recommendation for ``loss_type="cispo"``). Parts: m = clip(r)/r (``CISPO``), π_den = π_old,
+    group-normalised Â (as the paper's GRPO-style advantage), token unit, token mean over the batch."""
+    fraction("cispo", "eps_low", eps_low, LOWER_CLIP + "; 1 means no lower bound (the paper's choice)")
+    non_negative("cispo", "eps_high", eps_high, UPPER_CLIP)
+    return Estimator(mask=CISPO(eps_low, eps_high), denominator=BehaviourPolicy(), advantage=GroupNormalised(),
                      likelihood=Likelihood("token", TokenMean()))
+
+
+def sapo(tau_pos: float = 1.0, tau_neg: float = 1.05) -> Estimator:
+    """SAPO ("Soft Adaptive Policy Optimization", arXiv 2511.20347): PPO's hard clip replaced by a
+    temperature-controlled soft gate,
+
+        L = −(1/N) Σ_i (1/|y_i|) Σ_t f(r_{i,t}) Â_i,   f(r) = σ(τ (r − 1)) · 4/τ,
+        τ = τ_pos if Â_i > 0 else τ_neg,   Â_i = (R_i − mean_G R) / std_G R,
+
+    whose gradient f′(r)·r·Â·∇ℓ, f′(r) = 4σ(1 − σ), equals the policy gradient on policy and decays
+    smoothly off it (faster for negative advantages, τ_neg > τ_pos). Parts: m = f′(r) (``SAPO``),
+    π_den = π_old, group-normalised Â, token unit, per-sequence token mean then mean over sequences."""
+    positive("sapo", "tau_pos", tau_pos, TEMPERATURE)
+    positive("sapo", "tau_neg", tau_neg, TEMPERATURE)
+    return Estimator(mask=SAPO(tau_pos, tau_neg), denominator=BehaviourPolicy(), advantage=GroupNormalised(),
+                     likelihood=_PER_SEQUENCE_TOKEN_MEAN)
 
 
 def gspo(eps_low: float = 3e-4, eps_high: float = 4e-4) -> Estimator:

@@ -24,6 +24,7 @@ REGISTRY: dict[str, str] = {      # name -> module[:attribute] (imported when as
     "zo-rank-toy": "unigrad.repro.zo_rank",
     "sophia-vs-adamw": "unigrad.repro.sophia",
     "nash-mp-rate": "unigrad.repro.nash",
+    "dph-rl": "unigrad.repro.dph",
 }
 
 

@@ -24,6 +24,7 @@ class RewardReport:
     num_nonfinite: int = 0
     example_error: str | None = None
     fallback: float = 0.0
+    token_rewards: tuple = ()   # per sample: its per-token rewards [|y|] or None; empty when none were given
 
     @property
     def num_fallback(self) -> int:
@@ -70,6 +71,16 @@ def _as_float(value: Any) -> float | None:
         return None
 
 
+def _as_tokens(value: Any) -> Tensor | None:
+    """A reward function's per-token rewards (a list, tuple or tensor of dim ≥ 1), flat float32; else None."""
+    if isinstance(value, (list, tuple)) or (isinstance(value, Tensor) and value.dim() >= 1):
+        try:
+            return torch.as_tensor(value, dtype=torch.float32).reshape(-1)
+        except (TypeError, ValueError, RuntimeError):
+            return None
+    return None
+
+
 def score_rollouts(reward_fn: Callable, prompts: Sequence[Any], completions: Sequence[str],
                    answers: Sequence | None = None, fallback: float = 0.0,
                    metas: Sequence[dict] | None = None) -> tuple[Tensor, RewardReport]:
@@ -80,7 +91,9 @@ def score_rollouts(reward_fn: Callable, prompts: Sequence[Any], completions: Seq
     function with a batched ``score(prompts, completions, answers)`` (``RewardModel``, ``Ensemble``)
     is called once; otherwise ``reward_fn(prompt, completion, answer, **meta)`` per sample. A sample
     whose reward raises or is not a finite number gets ``fallback``; the run goes on, and the report
-    counts these and keeps the first error message.
+    counts these and keeps the first error message. A per-sample reward function may return one reward
+    per completion token (process rewards, a list or tensor of length |y|): the sample's reward is their
+    sum and the report's ``token_rewards`` keeps them (the rollout producer checks their length).
     """
     n = len(completions)
     prompts, answers, metas = _expand(prompts, n, "prompts"), _expand(answers, n, "answers"), _expand(metas, n, "metas")
@@ -105,19 +118,23 @@ def score_rollouts(reward_fn: Callable, prompts: Sequence[Any], completions: Seq
                 errors[i] = f"{type(e).__name__}: {e}"
 
     rewards = torch.full((n,), float(fallback), dtype=torch.float32)
-    nonfinite, example = 0, None
+    nonfinite, example, tokens = 0, None, [None] * n
     for i in range(n):
         if i in errors:
             example = example or f"{errors[i]} (sample {i})"
             continue
-        v = _as_float(values[i])
+        tokens[i] = _as_tokens(values[i])
+        if tokens[i] is not None and not bool(torch.isfinite(tokens[i]).all()):
+            tokens[i] = None   # not finite: the sample falls back like a scalar reward would
+        v = float(tokens[i].sum()) if tokens[i] is not None else _as_float(values[i])
         if v is None or not math.isfinite(v):
             nonfinite += 1
             example = example or f"non-finite reward {values[i]!r} (sample {i})"
             continue
         rewards[i] = v
     report = RewardReport(num_samples=n, num_failed=len(errors), num_nonfinite=nonfinite,
-                          example_error=example, fallback=float(fallback))
+                          example_error=example, fallback=float(fallback),
+                          token_rewards=tuple(tokens) if any(t is not None for t in tokens) else ())
     if not report.ok:
         log.warning("%s", report)
     return rewards, report

@@ -15,6 +15,10 @@ the logits ``z`` of the very forward pass that produced the token (no extra pass
 - ``logp_sample[r, t] = log q(y_t)``: the distribution the token was actually drawn from:
   ``q = softmax(z / T)`` restricted to the top-k tokens and then to the top-p nucleus and
   renormalised. 0 for greedy decoding (the argmax has probability 1).
+- ``entropy[r, t] = −Σ_v p(v) log p(v)`` with ``p = softmax(z)``: the entropy of the policy at
+  temperature 1 (untempered, whatever the sampling temperature; verl's ``entropy`` metric is of the
+  temperature-scaled logits instead) over the whole vocabulary, at the context of token t. Optional:
+  None where a sampler cannot give it (vLLM returns only the sampled tokens' log-probs).
 
 Which to use as ``logp_old``: if the trainer's log-probs are computed at temperature 1 (the usual
 case), use ``logp_policy``; if it computes ``token_logprobs(..., temperature=T)`` use
@@ -56,6 +60,8 @@ class Rollouts:
     finished: Tensor
     num_generations: int
     sampling: dict[str, Any] = field(default_factory=dict)   # temperature, top_p, top_k, seed, max_new_tokens
+    entropy: Tensor | None = None                            # [B, T] float32 policy entropy per token, or None
+    token_rewards: tuple = ()   # per row: the reward function's per-token rewards or None (``score_rollouts``)
 
     def __len__(self) -> int:
         return len(self.completion_ids)
@@ -84,6 +90,12 @@ class Rollouts:
             out.append(Sequence(tuple(p), tuple(c), group=group_offset + int(self.group[r]), sign=1.0, meta=meta))
         return out
 
+    def entropy_metrics(self) -> dict[str, float]:
+        """``{"entropy": token mean of the per-token policy entropy}`` over every row, or {} without it."""
+        if self.entropy is None:
+            return {}
+        return token_entropy([self.entropy[r, :len(c)] for r, c in enumerate(self.completion_ids)])
+
     def texts(self, tokenizer, skip_special_tokens: bool = True) -> list[str]:
         """The completions decoded (special tokens such as EOS dropped by default)."""
         return [tokenizer.decode(list(c), skip_special_tokens=skip_special_tokens) for c in self.completion_ids]
@@ -102,6 +114,15 @@ class Sampler(Protocol):
     def update_weights(self, model) -> None:
         """Make the sampler use ``model``'s current weights (a no-op for samplers sharing the model)."""
         ...
+
+
+def token_entropy(rows: list[Tensor | None]) -> dict[str, float]:
+    """``{"entropy": mean over every token of rows}`` (each row a sequence's per-token entropies,
+    ``Rollouts.entropy`` cut to its length); {} when any row has none (a sampler that gives no entropy)."""
+    if not rows or any(row is None for row in rows):
+        return {}
+    tokens = torch.cat([row.reshape(-1).float() for row in rows])
+    return {"entropy": float(tokens.mean())} if tokens.numel() else {}
 
 
 def check_sampling_args(prompts, num_generations: int, max_new_tokens: int, temperature: float,
@@ -128,4 +149,4 @@ def check_sampling_args(prompts, num_generations: int, max_new_tokens: int, temp
     return out
 
 
-__all__ = ["Rollouts", "Sampler", "check_sampling_args"]
+__all__ = ["Rollouts", "Sampler", "check_sampling_args", "token_entropy"]

@@ -16,6 +16,10 @@ How it runs, per chunk of prompts:
 The logits are computed like ``logprobs.token_logprobs`` does (the model's body, its output layer and
 the architecture's logit transform, in float32 for half-precision models), so ``logp_policy`` equals
 ``token_logprobs(model, collate(rollouts.sequences()))`` up to floating-point noise.
+
+The full softmax at each decode step is at hand too, so ``Rollouts.entropy`` carries the entropy
+H_t = −Σ_v p(v) log p(v) of the distribution ``logp_policy`` is read from (temperature 1, before top-k /
+top-p; with ``mix_with``, the mixture's): one more elementwise pass over the step's logits, no forward pass.
 """
 from __future__ import annotations
 
@@ -94,7 +98,7 @@ class HFSampler:
         finished = torch.cat([part[2] for part in parts])
         B, T = len(completions), max(len(c) for c in completions)
         logps = []
-        for k in range(3):
+        for k in range(4):                       # logp_policy, logp_temperature, logp_sample, entropy
             out = torch.zeros(B, T, dtype=torch.float32)
             row = 0
             for part in parts:
@@ -115,6 +119,7 @@ class HFSampler:
             finished=finished.cpu(),
             num_generations=n,
             sampling=dict(temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, max_new_tokens=max_new_tokens),
+            entropy=logps[3],
         )
 
     # ------------------------------------------------------------------------------------ decode
@@ -153,7 +158,7 @@ class HFSampler:
         next_pos = pos[:, -1] + 1                                     # [b] position of the next token
         active = torch.arange(B, device=dev)                          # row index of each live row
         tokens = torch.full((B, max_new), -1, dtype=torch.long, device=dev)
-        lps = torch.zeros((3, B, max_new), dtype=dtype, device=dev)
+        lps = torch.zeros((4, B, max_new), dtype=dtype, device=dev)
         finished = torch.zeros(B, dtype=torch.bool, device=dev)
 
         for step in range(max_new):
@@ -179,7 +184,7 @@ class HFSampler:
 
         lengths = (tokens >= 0).sum(1).tolist()
         completions = [tuple(tokens[r, :lengths[r]].tolist()) for r in range(B)]
-        return completions, [lps[k] for k in range(3)], finished
+        return completions, [lps[k] for k in range(4)], finished
 
 
 def _mixed_logits(weighted: list[tuple[Tensor, float]]) -> Tensor:
@@ -191,16 +196,18 @@ def _mixed_logits(weighted: list[tuple[Tensor, float]]) -> Tensor:
 
 
 def _pick(z: Tensor, temperature: float, top_k: int, top_p: float, gen: torch.Generator):
-    """Choose one token per row from logits ``z`` [b, V]; returns (token [b], log-probs [3, b]).
+    """Choose one token per row from logits ``z`` [b, V]; returns (token [b], per-row values [4, b]).
 
-    The log-probs are (policy at T=1, policy at T, the truncated sampling distribution q).
+    The values are the log-probs (policy at T=1, policy at T, the truncated sampling distribution q)
+    and the entropy −Σ p log p of the policy at T=1.
     """
     logp1 = torch.log_softmax(z, dim=-1)
+    entropy = torch.special.entr(logp1.exp()).sum(-1)       # entr(0) = 0: tokens of probability 0 add nothing
     if temperature == 0:
         tok = z.argmax(dim=-1)
         lp1 = logp1.gather(-1, tok[:, None]).squeeze(-1)
         zero = torch.zeros_like(lp1)
-        return tok, torch.stack([lp1, zero, zero])
+        return tok, torch.stack([lp1, zero, zero, entropy])
     zt = z / temperature
     logpt = torch.log_softmax(zt, dim=-1) if temperature != 1.0 else logp1
     masked = zt
@@ -219,7 +226,7 @@ def _pick(z: Tensor, temperature: float, top_k: int, top_p: float, gen: torch.Ge
     tok = _inverse_cdf_sample(logq.exp(), gen)
     idx = tok[:, None]
     return tok, torch.stack([logp1.gather(-1, idx).squeeze(-1), logpt.gather(-1, idx).squeeze(-1),
-                             logq.gather(-1, idx).squeeze(-1)])
+                             logq.gather(-1, idx).squeeze(-1), entropy])
 
 
 def _inverse_cdf_sample(probs: Tensor, gen: torch.Generator) -> Tensor:

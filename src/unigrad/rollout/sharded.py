@@ -25,7 +25,8 @@ def concat_rollouts(parts: list[Rollouts]) -> Rollouts:
         logp_sample=stack("logp_sample"), mask=stack("mask"),
         group=torch.cat([part.group + offset for part, offset in zip(parts, offsets)]),
         finished=torch.cat([part.finished for part in parts]),
-        num_generations=parts[0].num_generations, sampling=parts[0].sampling)
+        num_generations=parts[0].num_generations, sampling=parts[0].sampling,
+        entropy=stack("entropy") if all(part.entropy is not None for part in parts) else None)
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,9 @@ What it returns (compare ``rollout.base``):
 - ``logp_temperature`` and ``logp_sample``: equal to ``logp_policy`` when sampling is plain
   (temperature 1, no top-k / top-p); otherwise vLLM does not return them alongside the raw
   log-probs, so they are NaN (on completion tokens) to fail loudly rather than mislead.
+- ``entropy``: None. vLLM returns the log-probs of the sampled (and top-k) tokens only, not the full
+  next-token distribution, so the per-token policy entropy (``HFSampler`` gives it) is absent and the
+  experience metrics have no ``entropy`` with this sampler.
 """
 from __future__ import annotations
 

@@ -6,7 +6,16 @@
     offline.py      LeftoverAdvantage                                    A-LoL
     probability.py  TokenProbability, FlatTemplate, FlatForget           IHL's terms, FLAT
     unlearning.py   LogSigmoidRatio, ReferenceKL, SafeAlignWeight        NPO, DDO, grad-diff KL, SAFE-ALIGN
-    nash.py         NashAdvantage against a GeometricMixture opponent     Nash-MD, Nash-MP
+    nash.py         NashAdvantage against a GeometricMixture opponent;   Nash-MD, Nash-MP,
+                    SelfPlayRegression onto win rates                     SPPO
+    gae.py          GAE(γ, λ) from a critic's values, whitened           PPO
+    unpaired.py     KTOWeight (z0 from mismatched rows), BCOWeight (δ)   KTO, BCO
+    memory.py       MemoryControlVariate: memory vs proposal rationales  TRICE
+    divergence.py   SampledFDivergence on stored reference samples       DPH-RL's rehearsal terms
+    regularised.py  Regularised: REINFORCE plus a regulariser's gradient OPMD, AsymRE
+    mirror_descent.py MirrorDescentKL: KL(π_θ‖π_k)/t_k on π_k's samples  MDPO
+    consistency.py  ConsistencyBlend of global and local advantages      COPO
+    dpg.py          FDivergenceTarget: −f′(π_θ/p) − b, MovingBaseline    f-DPG
 """
 from unigrad.estimator.advantages.constant import Chosen, Constant, RowsConstant
 from unigrad.estimator.advantages.preference import (
@@ -20,10 +29,11 @@ from unigrad.estimator.advantages.group import (
 from unigrad.estimator.advantages.offline import LeftoverAdvantage, leftover_advantage
 from unigrad.estimator.advantages.probability import FLAT_DIVERGENCES, FlatForget, FlatTemplate, TokenProbability
 from unigrad.estimator.advantages.unlearning import LogSigmoidRatio, ReferenceKL, SafeAlignWeight
-from unigrad.estimator.advantages.nash import GeometricMixture, NashAdvantage
+from unigrad.estimator.advantages.nash import GeometricMixture, NashAdvantage, SelfPlayRegression
+from unigrad.estimator.advantages.gae import GAE
 
 __all__ = [
-    "AbsoluteLikelihood", "Chosen", "Constant", "FDivergenceReward", "FLAT_DIVERGENCES", "FlatForget", "FlatTemplate",
+    "AbsoluteLikelihood", "Chosen", "Constant", "FDivergenceReward", "GAE", "SelfPlayRegression", "FLAT_DIVERGENCES", "FlatForget", "FlatTemplate",
     "GeometricMixture", "GlobalNormalised", "GroupCentred", "GroupNormalised", "ImpliedReward", "LeaveOneOut", "LeftoverAdvantage",
     "LengthNormalisedReward", "Link", "LogOdds", "LogSigmoidRatio", "Logistic", "NashAdvantage", "PairwisePreference", "ReferenceKL",
     "Reinforce", "RowsConstant", "SafeAlignWeight", "Score", "Squared", "TokenProbability", "group_index",

@@ -107,4 +107,36 @@ class NashAdvantage:
                         metrics={"preference_mean": float(p.mean()), "log_ratio_ref_mean": float(h.mean())})
 
 
-__all__ = ["ANCHOR", "GeometricMixture", "NashAdvantage", "PREFERENCE", "preference"]
+WIN_RATE = "win_rate"
+
+
+@dataclass(frozen=True)
+class SelfPlayRegression:
+    """SPPO's regression of the log-ratio onto the win rate (Wu et al. 2024, "Self-Play Preference
+    Optimization for Language Model Alignment", arXiv 2405.00675, eq. 3.6 / Algorithm 1):
+
+        L = (1/N) Σ_b ( h_b − η (P̂_b − ½) )²,   h_b = log π_θ(y_b)/π_t(y_b)  (sequence sums),
+
+    P̂_b ≈ P(y_b ≻ π_t) the sample's win rate against the iteration's other samples (``extra["win_rate"]``)
+    and π_t the iteration's policy (``logp_ref``). ∇L = (1/N) Σ 2(h − η(P̂ − ½)) ∇ log π_θ(y), so
+    Â = −2(h − η(P̂ − ½)) with the sequence log-prob. The regression fits the multiplicative-weights
+    step π_{t+1} ∝ π_t exp(η P(·≻π_t)) of the preference game, its log-normaliser approximated by η/2."""
+
+    eta: float = 1000.0
+
+    def __post_init__(self):
+        non_negative(self, "eta", self.eta, "η scales the win rate the log-ratio is regressed onto")
+
+    @property
+    def requires(self) -> frozenset[str]:
+        return frozenset({WIN_RATE, "logp_ref"})
+
+    def __call__(self, batch: Batch) -> Weighted:
+        p = batch.require(WIN_RATE).detach().to(batch.logp.dtype)
+        h = _sequence(batch, "logp") - _sequence(batch, "logp_ref")
+        residual = h - self.eta * (p - 0.5)
+        return Weighted(-2 * residual, objective=(residual ** 2).sum() / batch.sequences_total,
+                        metrics={"win_rate_mean": float(p.mean()), "log_ratio_ref_mean": float(h.mean())})
+
+
+__all__ = ["ANCHOR", "GeometricMixture", "NashAdvantage", "PREFERENCE", "SelfPlayRegression", "WIN_RATE", "preference"]

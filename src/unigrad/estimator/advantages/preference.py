@@ -108,6 +108,22 @@ class LengthNormalisedReward:
 
 
 @dataclass(frozen=True)
+class LogLikelihoodReward:
+    """s(y) = β ℓ(y), the sequence log-prob itself, no reference model (CPO, Xu et al. 2024, arXiv 2401.08417)."""
+
+    beta: float = 0.1
+    within: ClassVar[str] = "sum"
+    requires: ClassVar[frozenset[str]] = frozenset()
+
+    def __post_init__(self):
+        positive(self, "beta", self.beta, IMPLIED_BETA)
+
+    def __call__(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        s = self.beta * _stat(batch, self.within)
+        return s, torch.full_like(s, self.beta)
+
+
+@dataclass(frozen=True)
 class LogOdds:
     """s(y) = log odds(y) = log P/(1 − P), P = exp ℓ̄(y)  (ORPO, Hong et al. 2024, eq. 4);
     s′ = 1/(1 − P)."""
