@@ -216,16 +216,16 @@ def _apply_lora(model, config: RunConfig, train_split: Split | None, pad_id: int
     return model
 
 
-def zeroth_order_oracle(config: RunConfig, source, reward_fn):
+def zeroth_order_oracle(config: RunConfig, sampler, tokenizer, examples, sync, reward_fn):
     """What a zeroth-order estimator evaluates at a perturbed point (``train.gradient.oracle``): None
-    for the method's objective; else the greedy completions of the step's prompts by the run's
-    sampler (each process its own share, unsharded), scored by the run's reward function ``reward_fn``,
-    as a reward (mean) or a rule preference (pairwise) oracle."""
+    for the method's objective; else the greedy completions of the step's prompts ``examples`` by the
+    run's ``sampler`` (each process its own share, unsharded), scored by the run's reward function
+    ``reward_fn``, as a reward (mean) or a rule preference (pairwise) oracle."""
     from unigrad.gradients.oracles import GreedyCompletions, PreferenceOracle, RewardOracle, RewardScore, RulePreference
     if config.train.gradient.name == "backprop" or config.train.gradient.oracle == "objective":
         return None
-    generate = GreedyCompletions(getattr(source.sampler, "inner", source.sampler), source.tokenizer, source.examples,
-                                 config.rollout.max_new_tokens, source.sync)
+    generate = GreedyCompletions(getattr(sampler, "inner", sampler), tokenizer, examples,
+                                 config.rollout.max_new_tokens, sync)
     score = RewardScore(reward_fn, config.reward.fallback)
     oracles = {"reward": lambda: RewardOracle(generate, score),
                "preference": lambda: PreferenceOracle(generate, RulePreference(score))}
@@ -418,7 +418,8 @@ def assemble(config: RunConfig) -> Run:
             return evaluate_objective(loss_of, model, eval_split, t.eval_batch_size, device) if eval_split else {}
     params = [p for p in model.parameters() if p.requires_grad]
     gradients, update = _gradient_and_update(config, model, params, optimizer, procs,
-                                             zeroth_order_oracle(config, source, reward_fn))
+                                             zeroth_order_oracle(config, sampler, tokenizer, train_prompts, sync,
+                                                                 reward_fn) if online else None)
     source, update = with_critic(source, update, objective,
                                  critic_for(objective, config, layout, procs, device, dtype, tokenizer), procs.sum)
     skips = layout.skips_updates and not t.optimizer_in_backward   # else a non-finite step cannot be undone

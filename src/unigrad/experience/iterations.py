@@ -29,16 +29,13 @@ reference, and one resumed at a boundary regenerates them from the same weights.
 """
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Literal
 
 import torch
-from safetensors.torch import load_file, save_file
-from torch.nn.utils.rnn import pad_sequence
 
+from unigrad.experience import stored
 from unigrad.experience.base import Experience
 from unigrad.tokens import Sequence
 
@@ -92,11 +89,6 @@ def weights_fingerprint(model) -> list[float]:
                 total += float(q.sum())
                 squares += float((q * q).sum())
     return [total, squares]
-
-
-def _token_rows(ids: list[tuple]) -> torch.Tensor:
-    """[N, L] token ids, right-padded with 0 (the lengths are stored beside them)."""
-    return pad_sequence([torch.tensor(row + (0,)) for row in ids], batch_first=True) if ids else torch.zeros(0, 1).long()
 
 
 @dataclass
@@ -246,35 +238,21 @@ class IterationPairs:
         return self.folder / f"iteration-{t:04d}.safetensors", self.folder / f"iteration-{t:04d}.json"
 
     def _save(self, t: int, data: IterationData) -> None:
-        tensors_path, meta_path = self._paths(t)
-        self.folder.mkdir(parents=True, exist_ok=True)
         rows = data.chosen + data.rejected
-        tensors = {"ref_chosen": data.ref_chosen.contiguous(), "ref_rejected": data.ref_rejected.contiguous(),
-                   "prompts": _token_rows([s.prompt_ids for s in rows]),
-                   "completions": _token_rows([s.completion_ids for s in rows]),
-                   "prompt_lengths": torch.tensor([len(s.prompt_ids) for s in rows]),
-                   "completion_lengths": torch.tensor([len(s.completion_ids) for s in rows])}
+        tensors = {"ref_chosen": data.ref_chosen, "ref_rejected": data.ref_rejected, **stored.sequence_tensors(rows)}
         if data.scores is not None:
-            tensors["scores"] = data.scores.contiguous()
+            tensors["scores"] = data.scores
         meta = {"iteration": t, "fingerprint": weights_fingerprint(self.policy), "new": data.new,
                 "pairs": len(data.chosen), "metrics": data.metrics}
-        for path, write in ((tensors_path, lambda p: save_file(tensors, str(p))),
-                            (meta_path, lambda p: p.write_text(json.dumps(meta)))):
-            tmp = path.with_name(path.name + ".tmp")
-            write(tmp)
-            os.replace(tmp, path)
+        stored.write(*self._paths(t), tensors, meta)
 
     def _load(self, t: int, at_start: bool) -> IterationData | None:
-        tensors_path, meta_path = self._paths(t)
-        if not (tensors_path.exists() and meta_path.exists()):
+        found = stored.read(*self._paths(t))
+        if found is None:
             return None
-        meta = json.loads(meta_path.read_text())
+        x, meta = found
         if at_start and meta["fingerprint"] != weights_fingerprint(self.policy):
             return None
-        x = load_file(str(tensors_path))
-        rows = [Sequence(tuple(x["prompts"][i, :int(x["prompt_lengths"][i])].tolist()),
-                         tuple(x["completions"][i, :int(x["completion_lengths"][i])].tolist()))
-                for i in range(len(x["prompt_lengths"]))]
-        n = meta["pairs"]
+        rows, n = stored.sequences_of(x), meta["pairs"]
         return IterationData(rows[:n], rows[n:], x["ref_chosen"], x["ref_rejected"], meta["new"], meta["metrics"],
                              x.get("scores"))

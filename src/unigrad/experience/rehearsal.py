@@ -19,16 +19,14 @@ makes it again otherwise.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 
 from unigrad.experience.base import Experience
-from unigrad.experience.iterations import _token_rows, weights_fingerprint
+from unigrad.experience import stored
+from unigrad.experience.iterations import weights_fingerprint
 from unigrad.experience.rollouts import RolloutSource
 from unigrad.tokens import Sequence
 
@@ -124,9 +122,9 @@ class Rehearsal:
     def _with_rehearsal(experience: Experience, data: RehearsalSet, picked: list[int], offset: int) -> Experience:
         """``experience`` with the stored samples ``picked`` appended, one unit each."""
         n_exp = len(experience.sequences)
-        stored = [Sequence(data.samples[i].prompt_ids, data.samples[i].completion_ids, group=offset + data.prompt_of[i])
-                  for i in picked]
-        sequences = experience.sequences + stored
+        rehearsed = [Sequence(data.samples[i].prompt_ids, data.samples[i].completion_ids, group=offset + data.prompt_of[i])
+                     for i in picked]
+        sequences = experience.sequences + rehearsed
         width = max(len(s.completion_ids) for s in sequences)
         ref = torch.zeros(len(sequences), width)
         if picked:
@@ -200,36 +198,23 @@ class Rehearsal:
         return self.folder / "rehearsal.safetensors", self.folder / "rehearsal.json"
 
     def _save(self, data: RehearsalSet) -> None:
-        tensors_path, meta_path = self._paths()
-        self.folder.mkdir(parents=True, exist_ok=True)
-        tensors = {"logp": data.logp.contiguous(), "prompts": _token_rows([q.prompt_ids for q in data.samples]),
-                   "completions": _token_rows([q.completion_ids for q in data.samples]),
-                   "prompt_lengths": torch.tensor([len(q.prompt_ids) for q in data.samples], dtype=torch.long),
-                   "completion_lengths": torch.tensor([len(q.completion_ids) for q in data.samples], dtype=torch.long),
-                   "prompt_of": torch.tensor(data.prompt_of, dtype=torch.long)}
+        tensors = {"logp": data.logp, "prompt_of": torch.tensor(data.prompt_of, dtype=torch.long),
+                   **stored.sequence_tensors(data.samples)}
         meta = {"samples": self.samples, "prompts": len(self.source.examples), "exp": data.exp, "pef": data.pef,
                 "fingerprint": weights_fingerprint(self.policy), "metrics": data.metrics}
-        for path, write in ((tensors_path, lambda p: save_file(tensors, str(p))),
-                            (meta_path, lambda p: p.write_text(json.dumps(meta)))):
-            tmp = path.with_name(path.name + ".tmp")
-            write(tmp)
-            os.replace(tmp, path)
+        stored.write(*self._paths(), tensors, meta)
 
     def _load(self, at_start: bool) -> RehearsalSet | None:
-        tensors_path, meta_path = self._paths()
-        if not (tensors_path.exists() and meta_path.exists()):
+        found = stored.read(*self._paths())
+        if found is None:
             return None
-        meta = json.loads(meta_path.read_text())
+        x, meta = found
         if meta["samples"] != self.samples or meta["prompts"] != len(self.source.examples):
             return None
         if at_start and meta["fingerprint"] != weights_fingerprint(self.policy):
             return None
-        x = load_file(str(tensors_path))
-        n = len(x["prompt_lengths"])
-        samples = [Sequence(tuple(x["prompts"][i, :int(x["prompt_lengths"][i])].tolist()),
-                            tuple(x["completions"][i, :int(x["completion_lengths"][i])].tolist())) for i in range(n)]
-        return RehearsalSet(meta["exp"], meta["pef"], samples, x["prompt_of"].tolist(), x["logp"], meta["metrics"])
-
+        return RehearsalSet(meta["exp"], meta["pef"], stored.sequences_of(x), x["prompt_of"].tolist(), x["logp"],
+                            meta["metrics"])
 
 def fields_for(objective, online: bool) -> frozenset[str]:
     """What the rehearsal adds to a run whose objective reads its rows (none otherwise)."""
