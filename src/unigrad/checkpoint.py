@@ -40,6 +40,11 @@ log = logging.getLogger("unigrad")
 class CheckpointError(RunError):
     """A checkpoint could not be written."""
 
+
+class MissingState(RunError):
+    """A checkpoint lacks learned state this run has (written by a run without a critic, a running mean, …):
+    resuming from it, or from an older one, cannot reach the uninterrupted result."""
+
 _STEP = re.compile(r"^step-(\d+)$")
 
 
@@ -170,7 +175,8 @@ def load_checkpoint(folder: Path, model, optimizer, layout=None, states: dict | 
     saved = read_states(folder)
     if states and set(states) - set(saved):
         missing = ", ".join(sorted(set(states) - set(saved)))
-        raise KeyError(f"checkpoint {folder} holds no state for {missing} (written by a run without it)")
+        raise MissingState(f"checkpoint {folder} holds no state for {missing}: it was written by a run without it. "
+                           "Resume with the config it was written with, or start in a new output_dir")
     trainable = checkpoint_weights(folder)
     optimizer_state = _read_optimizer_state(folder)
     torch_rng = load_file(str(folder / "optimizer.safetensors"))["__torch_rng__"]

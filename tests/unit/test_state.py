@@ -58,3 +58,15 @@ def test_split_and_join_round_trip():
     other = Mean()
     other.restore_state(join(tensors, values)["running-mean"])
     assert other.count == 7 and torch.equal(other.total, m.total)
+
+
+def test_a_checkpoint_without_a_parts_state_stops_the_resume_instead_of_starting_over(tmp_path):
+    """Falling back to older checkpoints (or to step 0) would silently lose the run: it is an error."""
+    import json
+
+    from unigrad.checkpoint import MissingState, load_latest
+    folder = tmp_path / "step-000002"
+    folder.mkdir()
+    (folder / "state.json").write_text(json.dumps({"step": 2, "rng": {}, "config": {}, "data": None}))
+    with pytest.raises(MissingState, match="holds no state for running-mean"):
+        load_latest(tmp_path, None, None, None, states={"running-mean": Mean()})

@@ -33,6 +33,7 @@ from unigrad.tokens import Sequence
 FLAG, LOGPROBS = "is_rehearsal", "logp_rehearsal"
 FIELDS = frozenset({FLAG, LOGPROBS})
 ROWS_PER_CALL = 64          # rows the pre-sampling decodes at once (its KV cache)
+STEP_FIELDS = ("train_step", "train_steps")
 SAMPLER_LOGPROBS = ("logp_old", "logp_sampler")   # rollout fields that, for a stored row, are its log π_ref
 
 
@@ -131,7 +132,9 @@ class Rehearsal:
             ref[n_exp:] = _pad(data.logp[picked], width)
         fields = {}
         for name, values in experience.fields.items():
-            if values.dim() == 1:       # per-row data: a stored sample is correct (reward 1), not a demonstration
+            if name in STEP_FIELDS:     # the step's place in the run, the same on every row
+                fill = values[:1].expand(len(picked)) if len(values) else torch.zeros(len(picked), dtype=values.dtype)
+            elif values.dim() == 1:     # per-row data: a stored sample is correct (reward 1), not a demonstration
                 fill = (torch.ones if name == "reward" else torch.zeros)(len(picked), dtype=values.dtype)
             else:                       # [N, T] data: π_ref sampled the stored rows (their behaviour policy)
                 fill = (ref[n_exp:].to(values.dtype) if name in SAMPLER_LOGPROBS

@@ -75,7 +75,11 @@ class RolloutSource:
                                          metas=[e.extra for e in chosen])
         rollouts.token_rewards = report.token_rewards
         if self.overlong_cache:
-            rewards = rewards + overlong_penalty(rollouts.lengths, r.max_new_tokens, self.overlong_cache).to(rewards.dtype)
+            penalty = overlong_penalty(rollouts.lengths, r.max_new_tokens, self.overlong_cache).to(rewards.dtype)
+            rewards = rewards + penalty
+            if rollouts.token_rewards:   # process rewards: the penalty falls on the last token, as a scalar's would
+                rollouts.token_rewards = [t if t is None or not t.numel() else
+                                          torch.cat([t[:-1], t[-1:] + float(p)]) for t, p in zip(rollouts.token_rewards, penalty)]
         return rollouts, rewards, report
 
     def _informative(self, rows: list) -> list:

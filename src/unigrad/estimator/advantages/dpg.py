@@ -175,7 +175,8 @@ class FDivergenceTarget:
         b = self.baseline.value(step)
         rows = batch.rows.tolist() if batch.rows is not None else list(range(log_pi.shape[0]))
         kept = [row for row, keep in zip(rows, has_target.tolist()) if keep]
-        self.baseline.record(step, kept, pseudo[has_target].tolist())
+        if torch.is_grad_enabled():   # a pass without gradient (an evaluation, a perturbed point) is not the step's
+            self.baseline.record(step, kept, pseudo[has_target].tolist())
         advantage = torch.where(has_target, pseudo - (b if b is not None else 0.0), zero)
         weight_is = torch.where(has_target, torch.exp(log_P - log_q - log_Z), zero)
         value = torch.where(weight_is > 0, weight_is * f.f(log_t), zero)
