@@ -80,19 +80,26 @@ class Gate:
 
     def loss(self, batch: Batch) -> Output:
         whole = batch.whole
-        loss = batch.logp.sum() * 0.0              # keeps the graph when a route is empty
-        objective = torch.zeros((), dtype=batch.logp.dtype, device=batch.logp.device)
         group = whole.require("group")
         low_groups = torch.unique(group[self.success_rate(whole) <= self.gamma]).numel()
-        metrics = {"sft_fraction": low_groups / max(torch.unique(group).numel(), 1)}
         below_rows, above_rows = self.route(whole)
-        for name, part, keep in (("below", self.below, below_rows), ("above", self.above, above_rows)):
-            sub = batch.subset(keep)
-            if sub.logp.shape[0] == 0:
-                continue
-            out = part.loss(sub)
-            loss = loss + out.loss
-            objective = objective + out.objective
-            metrics.update({f"{name}/{key}": value for key, value in out.metrics.items()})
-            metrics[f"{name}/objective"] = float(out.objective)
-        return Output(loss=loss, objective=objective.detach(), metrics=metrics)
+        return routed(batch, (("below", self.below, below_rows), ("above", self.above, above_rows)),
+                      {"sft_fraction": low_groups / max(torch.unique(group).numel(), 1)})
+
+
+def routed(batch: Batch, routes, metrics: dict) -> Output:
+    """Σ over ``routes`` (name, objective, [B] bool rows of the whole step) of the objective on
+    ``batch.subset(rows)``: each sees only its rows of the step, so its normaliser counts them alone and
+    accumulated micro-batches add up exactly. Metrics: ``metrics`` and each route's, prefixed by its name."""
+    loss = batch.logp.sum() * 0.0              # keeps the graph when a route is empty
+    objective = torch.zeros((), dtype=batch.logp.dtype, device=batch.logp.device)
+    for name, part_of, keep in routes:
+        sub = batch.subset(keep)
+        if sub.logp.shape[0] == 0:
+            continue
+        out = part_of.loss(sub)
+        loss = loss + out.loss
+        objective = objective + out.objective
+        metrics.update({f"{name}/{key}": value for key, value in out.metrics.items()})
+        metrics[f"{name}/objective"] = float(out.objective)
+    return Output(loss=loss, objective=objective.detach(), metrics=metrics)

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from unigrad.batch import Batch
 from unigrad.estimator.checks import part, text
 from unigrad.estimator.protocols import Objective, Output
+from unigrad.objectives.gate import routed
 
 
 @dataclass(frozen=True)
@@ -43,19 +42,5 @@ class Route:
 
     def loss(self, batch: Batch) -> Output:
         flagged = batch.whole.require(self.field).bool()
-        loss = batch.logp.sum() * 0.0              # keeps the graph when a route is empty
-        objective = torch.zeros((), dtype=batch.logp.dtype, device=batch.logp.device)
-        metrics = {f"{self.names[0]}_rows": float(flagged.double().mean())}
-        for name, objective_of, keep in ((self.names[0], self.marked, flagged), (self.names[1], self.other, ~flagged)):
-            sub = batch.subset(keep)
-            if sub.logp.shape[0] == 0:
-                continue
-            out = objective_of.loss(sub)
-            loss = loss + out.loss
-            objective = objective + out.objective
-            metrics.update({f"{name}/{key}": value for key, value in out.metrics.items()})
-            metrics[f"{name}/objective"] = float(out.objective)
-        return Output(loss=loss, objective=objective.detach(), metrics=metrics)
-
-
-__all__ = ["Route"]
+        return routed(batch, ((self.names[0], self.marked, flagged), (self.names[1], self.other, ~flagged)),
+                      {f"{self.names[0]}_rows": float(flagged.double().mean())})
