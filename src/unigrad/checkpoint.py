@@ -85,17 +85,18 @@ def _set_rng_state(state: dict, torch_state: torch.Tensor) -> None:
 
 
 def save_checkpoint(root: Path, step: int, model, tokenizer, optimizer_state: dict, config: dict, keep: int,
-                    weights: dict | None = None, data: str | None = None, states: dict | None = None) -> Path:
+                    weights: dict | None = None, data: str | None = None, states: tuple | None = None) -> Path:
     """Write checkpoint ``step`` of ``model`` (or of ``weights``, full tensors by name, when the model is
     sharded over processes) with the optimiser's ``state_dict()``-layout state, the config, the data's
-    fingerprint it was trained under and the run's other ``states`` (``unigrad.state``); keep the last ``keep``."""
+    fingerprint it was trained under and the run's other states as ``unigrad.state.split`` gave them
+    (tensors, values): gathered by every process, written by this one; keep the last ``keep``."""
     final = root / f"step-{step:06d}"
     tmp = root / f".tmp-step-{step:06d}-{os.getpid()}"
     try:
         root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        _write(tmp, step, model, tokenizer, optimizer_state, config, weights, data, states or {})
+        _write(tmp, step, model, tokenizer, optimizer_state, config, weights, data, states or ({}, {}))
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -118,7 +119,7 @@ def remove_partial_writes(root: Path) -> None:
 
 
 def _write(tmp: Path, step: int, model, tokenizer, optimizer_state: dict, config: dict, weights, data,
-           states: dict) -> None:
+           states: tuple) -> None:
     save_model(model, tokenizer, tmp / "model", weights)
     if not all(p.requires_grad for p in model.parameters()) or is_peft(model):
         trainable = {name: p.detach().contiguous().cpu() for name, p in model.named_parameters() if p.requires_grad}
@@ -127,8 +128,8 @@ def _write(tmp: Path, step: int, model, tokenizer, optimizer_state: dict, config
     tensors["__torch_rng__"] = torch.get_rng_state()
     save_file(tensors, str(tmp / "optimizer.safetensors"))
     (tmp / "optimizer.json").write_text(json.dumps(meta))
-    if states:
-        tensors, values = run_state.split(states)
+    tensors, values = states
+    if values:       # one entry per state, so empty: the run has none
         save_file(tensors, str(tmp / "states.safetensors"))
         (tmp / "states.json").write_text(json.dumps(values))
     (tmp / "state.json").write_text(json.dumps({"step": step, "rng": _rng_state(), "config": config, "data": data},

@@ -148,9 +148,12 @@ class IterationsConfig:
 class CriticConfig:
     """PPO's value model (``unigrad.critic``), trained next to the policy with its own optimiser and schedule:
     ``model`` like model.name (null: the policy's initial weights, model.name) with a value head; ``shared``: a
-    value head on the policy's trunk instead (not implemented yet)."""
+    value head on the policy's own trunk instead, trained with it on L_π + ``value_coef``·L_V (the optimiser
+    settings below are then the head's); ``pretrain_steps``: the first steps train only the critic, the policy held (verl's critic_warmup)."""
     model: Union[str, None] = None
     shared: bool = False
+    value_coef: float = 0.1
+    pretrain_steps: int = 0
     lr: float = 1e-5
     optimizer: str = "adamw"
     weight_decay: float = 0.0
@@ -366,6 +369,8 @@ def validate(config: RunConfig) -> RunConfig:
 
 def _validate_critic(c: CriticConfig) -> None:
     _positive("critic.lr", c.lr)
+    _positive("critic.value_coef", c.value_coef)
+    _positive("critic.pretrain_steps", c.pretrain_steps, allow_zero=True)
     _positive("critic.max_grad_norm", c.max_grad_norm)
     for name in ("warmup_steps", "weight_decay"):
         _positive(f"critic.{name}", getattr(c, name), allow_zero=True)

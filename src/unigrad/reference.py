@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -11,7 +12,7 @@ from safetensors.torch import load_file, save_file
 from unigrad.experience import Split
 from unigrad.logprobs import reference_logprobs
 from unigrad.models import is_peft
-from unigrad.data.packing import collate
+from unigrad.data.packing import collate, per_token_rows
 
 
 def fingerprint(model_name: str, splits: list[Split]) -> str:
@@ -106,10 +107,34 @@ def snapshot_logprobs(model, sequences: list, pad_id: int, batch_size: int, chun
     """[N, T] log π of each sequence's completion tokens under ``model`` as it is now (0 past its end):
     the reference of a method whose reference is the policy at some earlier step (DNO's π_t), fixed
     when the data are made instead of holding a copy of those weights."""
-    width = max([len(s.completion_ids) for s in sequences] + [1])
-    out = torch.zeros(len(sequences), width)
-    for start in range(0, len(sequences), batch_size):
-        part = sequences[start:start + batch_size]
-        logp = reference_logprobs(model, collate(part, pad_id), chunk_size).float().cpu()
-        out[start:start + len(part), :logp.shape[1]] = logp[:, :width]
-    return out
+    return per_token_rows(sequences, lambda tb: reference_logprobs(model, tb, chunk_size), pad_id, batch_size)
+
+
+@dataclass(eq=False)
+class WithReferenceLogprobs:
+    """The experience of ``source`` with log π_ref of every row (``logp_ref`` [N, T]), computed when it is
+    made: for what reads the reference on the whole step (PPO's KL-shaped reward, ``advantages.gae``).
+    Every process computes the whole step's, so sharded layouts make the same calls."""
+    source: object
+    reference: Reference
+    pad_id: int
+    batch_size: int
+    packed: bool = False
+
+    @property
+    def provides(self) -> frozenset[str]:
+        return self.source.provides | {"logp_ref"}
+
+    @property
+    def epochs(self) -> int:
+        return self.source.epochs
+
+    def __call__(self, step: int):
+        experience = self.source(step)
+        experience.fields["logp_ref"] = per_token_rows(
+            experience.sequences, lambda tb: self.reference(None, tb, torch.float32), self.pad_id, self.batch_size,
+            self.packed)
+        return experience
+
+    def after_update(self) -> None:
+        self.source.after_update()

@@ -8,6 +8,7 @@ expensive runs. The loop (``train.py``) then only calls protocols.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import warnings
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 
 from unigrad.config import ConfigError, RunConfig
-from unigrad.critic import critic_fields, critic_for, with_critic
+from unigrad.critic import HeldOutValues, critic_fields, critic_for, critic_objective, with_critic
 from unigrad.data import formats, load_dataset_sequences
 from unigrad.data.prompts import load_prompt_splits
 from unigrad.data.sources import resolve_data_path
@@ -36,6 +37,7 @@ from unigrad.guards import NonFiniteGuard, fingerprint
 from unigrad.logprobs.producers import BestOtherToken, TeacherSupport, TokenLogprobs, choose_producer
 from unigrad.logprobs.scores import SequenceScores
 from unigrad.methods.compose import build_objective
+from unigrad.methods.ppo import value_loss_of
 from unigrad.methods.preference import on_policy
 from unigrad.methods.nash import check_experience_for, check_update_rule_for
 from unigrad.methods.unpaired import prepare_splits
@@ -44,7 +46,7 @@ from unigrad.models import load_model
 from unigrad.optim import Sophia, check_in_backward, check_sophia, make_optimizer
 from unigrad.parallel import choose_layout, processes
 from unigrad.rollout.hf import geometric_mixture
-from unigrad.reference import Anchor, Reference, snapshot_logprobs
+from unigrad.reference import Anchor, Reference, WithReferenceLogprobs, snapshot_logprobs
 from unigrad.rewards.preferences import build_preference
 from unigrad.state import stateful
 from unigrad.roles import INITIAL_POLICY, Role, load_role, load_role_and_tokenizer
@@ -87,7 +89,7 @@ class Run:
     logprobs: object              # the log-prob producer (logprobs.LogProbProducer)
     reference: Reference | None
     experience: object            # the experience producer (experience.ExperienceProducer)
-    held_out: Callable[[Callable], dict]   # held-out metrics, given the step's loss function
+    held_out: Callable[[Callable, int], dict]   # held-out metrics, given the step's loss function and step
     gradients: object             # gradients.GradientEstimator
     update: object                # updates.UpdateRule
     out_dir: Path
@@ -297,7 +299,8 @@ def assemble(config: RunConfig) -> Run:
     check_sophia(t, layout)
     check_gradient(config)
     check_update_rule(t.update_rule, layout, t.optimizer_in_backward)
-    objective = apply_rollout_correction(build_objective(config.method), config.rollout.correction)
+    objective = critic_objective(apply_rollout_correction(build_objective(config.method), config.rollout.correction),
+                                 config)   # a value head on the trunk joins the policy's loss
     check_update_rule_for(objective, t.update_rule)
     check_state_over_processes(objective, procs.world)
     check_score_run(objective, config)
@@ -333,7 +336,8 @@ def assemble(config: RunConfig) -> Run:
                     RolloutSource.fields(demonstrations is not None, config.rollout.recompute_logp_old))
     else:
         provided = formats.provides(d.format)
-    provided |= critic_fields(objective, config, layout)   # PPO's V_old, from a critic the method asks for
+    from_critic = critic_fields(objective, config, layout)   # PPO's V_old, from a critic the method asks for
+    provided |= from_critic
     provided |= rehearsal.fields_for(objective, online)   # DPH-RL's stored samples of the initial policy
     if online and wants_memory(objective.requires):        # TRICE's rationale memory and proposals
         provided |= MemorySource.provides
@@ -367,6 +371,10 @@ def assemble(config: RunConfig) -> Run:
         else:
             reference = Reference(load_role(Role("reference", INITIAL_POLICY), model, layout, device, dtype), None,
                                   t.chunk_size)
+    rollout_reference = None   # π_ref of each step's rollouts, made with them (PPO's KL-shaped reward)
+    if "logp_ref" in from_critic:
+        rollout_reference = Reference(load_role(Role("reference", INITIAL_POLICY), model, layout, device, dtype), None,
+                                      t.chunk_size)
     if config.teacher.name:
         teacher = load_role(Role("teacher", config.teacher.name, prepared=False), model, layout, device, dtype,
                             config.model.trust_remote_code)
@@ -380,6 +388,7 @@ def assemble(config: RunConfig) -> Run:
     engine, optimizer = layout.train_engine(model, lambda trainable: make_optimizer(trainable, t))
 
     # ---- producers
+    held_out_values = None
     if online:
         sampler = build_sampler(config, sampling, tokenizer, procs)
 
@@ -406,22 +415,36 @@ def assemble(config: RunConfig) -> Run:
                                     shape=iteration_shape(objective))
         source = rehearsal.around(source, objective, config.rehearsal, sampling, out_dir / "rehearsal", procs.main)
 
-        def held_out(loss_of) -> dict:
-            return evaluate_greedy(sampling, tokenizer, eval_prompts, reward_fn, config.rollout) if eval_prompts else {}
+        def held_out(loss_of, step: int) -> dict:
+            if not eval_prompts:
+                return {}
+            values = held_out_values(step) if held_out_values else {}   # the critic on new rollouts
+            return {**evaluate_greedy(sampling, tokenizer, eval_prompts, reward_fn, config.rollout), **values}
     else:
         source = DatasetSource(train_split, t.batch_size, provided, t.seed)
         if d.on_policy_fraction:
             source = OnPolicySamples(source, build_sampler(config, model, tokenizer, procs), config.rollout,
                                      d.on_policy_fraction, t.seed)
 
-        def held_out(loss_of) -> dict:
+        def held_out(loss_of, step: int) -> dict:
             return evaluate_objective(loss_of, model, eval_split, t.eval_batch_size, device) if eval_split else {}
     params = [p for p in model.parameters() if p.requires_grad]
     gradients, update = _gradient_and_update(config, model, params, optimizer, procs,
                                              zeroth_order_oracle(config, sampler, tokenizer, train_prompts, sync,
                                                                  reward_fn) if online else None)
-    source, update = with_critic(source, update, objective,
-                                 critic_for(objective, config, layout, procs, device, dtype, tokenizer), procs.sum)
+    if rollout_reference is not None:
+        source = WithReferenceLogprobs(source, rollout_reference, pad_id, t.eval_batch_size, d.packed)
+    critic = critic_for(objective, config, layout, procs, device, dtype, tokenizer, engine)
+    source, update = with_critic(source, update, objective, critic, procs.sum)
+    candidates += critic.producers() if critic is not None else []   # a shared head reads V from the policy's forward
+    if critic is not None and online and eval_prompts:   # the critic on new rollouts of every held-out prompt
+        rollouts = RolloutSource(eval_prompts, sampler, reward_fn, dataclasses.replace(config.rollout, dynamic_sampling=False),
+                                 config.reward.fallback, tokenizer, len(eval_prompts), seed=t.seed + 1,
+                                 overlong_cache=config.reward.overlong_cache)
+        if rollout_reference is not None:
+            rollouts = WithReferenceLogprobs(rollouts, rollout_reference, pad_id, t.eval_batch_size, d.packed)
+        loss = value_loss_of(objective)
+        held_out_values = HeldOutValues(rollouts, critic, loss.gamma, loss.kl_coef)
     skips = layout.skips_updates and not t.optimizer_in_backward   # else a non-finite step cannot be undone
     data = ([(e.prompt_ids, e.answer, e.demonstration) for e in train_prompts] if online else
             [(s.prompt_ids, s.completion_ids, s.group, s.sign, s.meta.get("fields")) for s in train_split.sequences])

@@ -7,6 +7,11 @@ reachable from the run's objective, experience producer and update rule through 
 lists, tuples and dicts, so nothing has to register itself; ``checkpoint.save_checkpoint`` writes their
 states and ``load_checkpoint`` restores them with the weights, so a resumed run continues from the
 same state as an uninterrupted one.
+
+``checkpoint_state()`` is collective: every process calls it (through ``split``, in ``train.save``) and
+only the main process's result is written, so a part held sharded (the critic under FSDP or ZeRO) can
+gather its full tensors there; a part held whole in each process just returns its own state, the same
+on every process. ``restore_state`` is called on every process with the whole saved state.
 """
 from __future__ import annotations
 
@@ -57,12 +62,16 @@ def stateful(*roots) -> dict[str, Stateful]:
     return found
 
 
-def split(states: dict[str, Stateful]) -> tuple[dict[str, torch.Tensor], dict]:
-    """The states as (tensors keyed "name/key", JSON-able values by name and key) for safetensors + JSON."""
+def split(states: dict[str, Stateful], keep: bool = True) -> tuple[dict[str, torch.Tensor], dict]:
+    """The states as (tensors keyed "name/key", JSON-able values by name and key) for safetensors + JSON;
+    collective (every process calls it, in the same order: by name), the main process's result is whole.
+    ``keep=False`` (the processes that write nothing): each part still gathers, nothing is copied."""
     tensors, values = {}, {}
     for name, part in sorted(states.items()):
         values[name] = {}
         for key, value in part.checkpoint_state().items():
+            if not keep:
+                continue
             if isinstance(value, torch.Tensor):
                 tensors[f"{name}/{key}"] = value.detach().contiguous().cpu()
             else:

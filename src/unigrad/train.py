@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from unigrad import state as run_state
 from unigrad.batch import Batch
 from unigrad.checkpoint import load_latest, remove_partial_writes, save_checkpoint
 from unigrad.config import RunConfig, to_dict
@@ -108,8 +109,8 @@ def optimise(run: Run, experience: Experience, step: int) -> tuple[StepSums, flo
     return sums, grad_norm
 
 
-def held_out(run: Run) -> dict:
-    return {f"eval/{key}": value for key, value in run.held_out(StepLoss(run)).items()}
+def held_out(run: Run, step: int) -> dict:
+    return {f"eval/{key}": value for key, value in run.held_out(StepLoss(run), step).items()}
 
 
 def save(run: Run, done: int) -> Path:
@@ -117,10 +118,11 @@ def save(run: Run, done: int) -> Path:
     check_finite_weights(run.model, run.procs, done, "the checkpoint")
     weights = run.layout.full_weights(run.model)
     state = run.layout.full_optimizer_state(run.model, run.optimizer)
+    states = run_state.split(run.states, keep=run.procs.main)   # collective: a sharded critic gathers its state
     folder = run.out_dir / "checkpoints"
     if run.procs.main:
         folder = save_checkpoint(folder, done, run.model, run.tokenizer, state, to_dict(run.config),
-                                 run.config.train.keep_checkpoints, weights, run.fingerprint, run.states)
+                                 run.config.train.keep_checkpoints, weights, run.fingerprint, states)
     return folder
 
 
@@ -135,10 +137,12 @@ def train(config: RunConfig, resume: bool = False, progress: bool = True, force:
         remove_partial_writes(checkpoints)
     start = load_latest(checkpoints, model, run.optimizer, run.layout, lambda state, folder: forced.extend(
         check_resume(state, to_dict(config), run.fingerprint, folder, force)), run.states) if resume else 0
+    if start:    # the sampler's own copy of the policy (FSDP, ZeRO-3, vLLM) still holds the initial weights
+        run.experience.after_update()
     if procs.main:
         (run.out_dir / "config.json").write_text(json.dumps(to_dict(config), indent=1, default=str))
     metrics_log = MetricsLog(run.out_dir, start, t.tensorboard) if procs.main else None
-    before = held_out(run) if start == 0 else {}
+    before = held_out(run, 0) if start == 0 else {}
     if procs.main and (before or forced):
         metrics_log.write(start, {**before, **({"resume_forced": "; ".join(forced)} if forced else {})})
         if before:
@@ -162,7 +166,7 @@ def train(config: RunConfig, resume: bool = False, progress: bool = True, force:
                     "nonfinite_skipped": run.guard.skipped, "tokens_per_s": sums.tokens / seconds,
                     "step_seconds": seconds, **sums.metrics, **experience.metrics}
             if (t.eval_every and done % t.eval_every == 0) or done == t.steps:
-                last.update(held_out(run))
+                last.update(held_out(run, done))
             if procs.main and (done % t.log_every == 0 or done == t.steps):
                 metrics_log.write(done, last)
             bar.update(1)

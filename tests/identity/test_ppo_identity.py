@@ -163,3 +163,98 @@ def test_ppo_declares_its_critic():
     assert value_loss_of(ug.method("grpo")) is None
     with pytest.raises(ValueError, match="c"):
         ug.method("ppo", dual_clip=0.9)
+
+
+def _canonical_shared_trunk(model, head, prompts, completions, reward, values_old, logp_old, coef, clip):
+    """PPO with a value head on the trunk, from the definitions: for each sequence alone, the LM's softmax
+    probability of each completion token and V = w·h + b on the final hidden state at the position before
+    it (one full HF forward per sequence); L = L_π + c·L_V on those, GAE with γ = λ = 1."""
+    B, T = len(prompts), max(map(len, completions))
+    mask = torch.zeros(B, T, dtype=torch.float64)
+    logp, value = [[None] * T for _ in range(B)], [[None] * T for _ in range(B)]
+    zero = torch.zeros((), dtype=torch.float64)
+    for i, (prompt, completion) in enumerate(zip(prompts, completions)):
+        ids = torch.tensor([list(prompt) + list(completion)])
+        hidden = model.model(input_ids=ids).last_hidden_state[0]
+        probs = torch.softmax(model.lm_head(hidden), dim=-1)
+        for t, token in enumerate(completion):
+            position = len(prompt) + t - 1          # the state that predicts completion token t
+            logp[i][t] = torch.log(probs[position, token])
+            value[i][t] = (head.weight[0] * hidden[position]).sum() + head.bias[0]
+            mask[i, t] = 1.0
+    logp = torch.stack([torch.stack([x if x is not None else zero for x in row]) for row in logp])
+    value = torch.stack([torch.stack([x if x is not None else zero for x in row]) for row in value])
+    advantage, returns = can.gae(can.rewards_at_last_token(reward, mask), values_old, mask, 1.0, 1.0)
+    return (can.ppo_policy_loss(logp, logp_old, mask, can.whiten(advantage, mask), 0.2)
+            + coef * can.value_loss(value, values_old, returns, mask, clip))
+
+
+def test_shared_value_head_gradient_identity():
+    """∇ of L_π + c·L_V w.r.t. every trunk, LM-head and value-head parameter, with log-probs and values from
+    one chunked forward (``LogprobsAndValues``), equals the canonical built from per-sequence HF forwards."""
+    from unigrad.data.packing import collate
+    from unigrad.logprobs import LogprobsAndValues
+    from unigrad.methods.ppo import WithValueHead
+    from unigrad.models import tiny_random_model
+    from unigrad.parallel import ModelCall
+    from unigrad.tokens import Sequence
+
+    model = tiny_random_model(hidden=16, layers=2, heads=2, seed=3).double()
+    head = torch.nn.Linear(16, 1, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(7)
+    prompts = [(5, 6, 7), (8, 9), (10, 11, 12, 13)]
+    completions = [(20, 21, 22, 23), (24, 25), (26, 27, 28)]
+    reward = torch.tensor([1.0, 0.0, 1.0], dtype=torch.float64)
+    T = max(map(len, completions))
+    mask = torch.tensor([[1.0] * len(c) + [0.0] * (T - len(c)) for c in completions], dtype=torch.float64)
+    values_old = torch.randn(3, T, generator=gen, dtype=torch.float64) * mask
+    sequences = [Sequence(p, c, group=0) for p, c in zip(prompts, completions)]
+    with torch.no_grad():
+        logp_now, _ = LogprobsAndValues(head, 3)(ModelCall(model), sequences, collate(sequences, 0)).values()
+    logp_old = (logp_now + 0.2 * torch.randn(3, T, generator=gen, dtype=torch.float64)) * mask
+    params = [*model.parameters(), *head.parameters()]
+
+    want = _canonical_shared_trunk(model, head, prompts, completions, reward, values_old, logp_old, 0.3, 0.2)
+    want_grads = torch.autograd.grad(want, params, allow_unused=True)
+
+    produced = LogprobsAndValues(head, 3)(ModelCall(model), sequences, collate(sequences, 0))   # 3 < 9 tokens: chunked
+    batch = ug.Batch(logp=produced["logp"], mask=mask, logp_old=logp_old, reward=reward, group=torch.zeros(3, dtype=torch.long),
+                     extra={"values": values_old, "value_pred": produced["value_pred"]})
+    out = WithValueHead(ug.method("ppo", value_clip=0.2), 0.3).loss(batch)
+    grads = torch.autograd.grad(out.loss, params, allow_unused=True)
+    torch.testing.assert_close(out.objective.detach(), want.detach(), **TIGHT)
+    assert grads[-2].abs().sum() > 0 and want_grads[0] is not None
+    for got, expected in zip(grads, want_grads):
+        if expected is None:
+            assert got is None or got.abs().max() == 0
+        else:
+            torch.testing.assert_close(got, expected, **TIGHT)
+
+
+@pytest.mark.parametrize("kl_coef,lam", [(0.1, 1.0), (0.5, 0.9)])
+def test_kl_in_the_reward_gradient_identity(kl_coef, lam):
+    """The KL folded into each token's reward, r_t − β(log π_old − log π_ref), written as the canonical's
+    per-token reward list: the policy gradient and the value loss (its returns) match."""
+    d = rollouts(8)
+    gen = torch.Generator().manual_seed(9)
+    logp_ref = (d["logp_old"] + 0.4 * torch.randn(d["mask"].shape, generator=gen, dtype=torch.float64)) * d["mask"]
+    shaped = can.rewards_at_last_token(d["reward"], d["mask"])
+    shaped = [[r - kl_coef * (float(d["logp_old"][i, t]) - float(logp_ref[i, t])) for t, r in enumerate(row)]
+              for i, row in enumerate(shaped)]
+    a, returns = can.gae(shaped, d["values"], d["mask"], 1.0, lam)
+    logp = d["logp"].clone().requires_grad_(True)
+    want = can.ppo_policy_loss(logp, d["logp_old"], d["mask"], can.whiten(a, d["mask"]), 0.2)
+    (want_grad,) = torch.autograd.grad(want, logp)
+    v = d["value_pred"].clone().requires_grad_(True)
+    (want_value_grad,) = torch.autograd.grad(can.value_loss(v, d["values"], returns, d["mask"], 0.5), v)
+
+    method = ug.method("ppo", lam=lam, kl_coef=kl_coef)
+    assert {"logp_old", "logp_ref"} <= method.requires
+    logp2, v2 = d["logp"].clone().requires_grad_(True), d["value_pred"].clone().requires_grad_(True)
+    batch = batch_of(d, logp2, value_pred=v2).replace(logp_ref=logp_ref)
+    (grad,) = torch.autograd.grad(method.loss(batch).loss, logp2)
+    (value_grad,) = torch.autograd.grad(value_loss_of(method).loss(batch).loss, v2)
+    torch.testing.assert_close(grad, want_grad, **TIGHT)
+    torch.testing.assert_close(value_grad, want_value_grad, **TIGHT)
+    (plain,) = torch.autograd.grad(ug.method("ppo", lam=lam).loss(batch_of(d, logp2)).loss, logp2)
+    assert not torch.allclose(plain, want_grad)    # the KL term changed the advantages

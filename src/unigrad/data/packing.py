@@ -92,4 +92,19 @@ def collate(sequences: _Seq[Sequence], pad_id: int, packed: bool = False,
     )
 
 
-__all__ = ["collate"]
+def per_token_rows(sequences: _Seq[Sequence], fn, pad_id: int, batch_size: int, packed: bool = False) -> torch.Tensor:
+    """[N, T] float32 of ``fn(token batch)`` ([b, t] per completion token) over ``sequences``, ``batch_size``
+    at a time without gradients, T the longest completion (0 past each one's end): a per-token quantity
+    of the step's rows (values, log-probs) fixed when the experience is made."""
+    width = max([len(s.completion_ids) for s in sequences] + [1])
+    out = torch.zeros(len(sequences), width)
+    with torch.no_grad():
+        for start in range(0, len(sequences), batch_size):
+            part = sequences[start:start + batch_size]
+            values = fn(collate(part, pad_id, packed=packed)).float().cpu()
+            out[start:start + len(part), :values.shape[1]] = values[:, :width]
+    return out
+
+
+__all__ = ["per_token_rows", "collate"]
+

@@ -8,6 +8,7 @@ them from one call; the loop picks one with ``choose_producer(objective.requires
 | ``TokenLogprobs``  | logp                                      | ``token_logprobs`` (or the shared-prompt forward) |
 | ``BestOtherToken`` | logp, logp_top_other                      | ``token_logprobs_with_top_other`` (IHL)    |
 | ``TeacherSupport`` | logp, ``DISTILL_FIELDS``                  | ``distill_fields`` (logp = student_logp_target) |
+| ``LogprobsAndValues`` | logp, value_pred                      | ``token_logprobs_and_values`` (a value head on the trunk) |
 
 ``engine(fn, *args, **kw)`` calls ``fn(model, *args, **kw)`` on the policy (``parallel.ModelCall``), so
 producers run the same under every parallel layout.
@@ -24,6 +25,7 @@ from unigrad.logprobs.shared_prompt import shared_prompt_logprobs, shares_prompt
 from unigrad.logprobs.support import DISTILL_FIELDS, distill_fields
 from unigrad.logprobs.sampled import sampled_label_logprobs
 from unigrad.logprobs.token import token_logprobs
+from unigrad.logprobs.values import token_logprobs_and_values
 from unigrad.tokens import Sequence, TokenBatch
 
 
@@ -83,6 +85,20 @@ class TeacherSupport:
         return {"logp": fields["student_logp_target"], **fields}
 
 
+@dataclass(frozen=True, eq=False)
+class LogprobsAndValues:
+    """``logp`` and ``value_pred`` (a value head on the policy's trunk, ``logprobs.values``) from one
+    forward, both with gradient: PPO with ``critic.shared``. Each sequence is forwarded whole (no
+    shared-prompt forward: ``train.share_prompts`` does not apply)."""
+    head: object        # the value head (torch.nn.Module), trained next to the policy (critic.SharedHead)
+    chunk_size: int
+    provides: ClassVar[frozenset[str]] = frozenset({"logp", "value_pred"})
+
+    def __call__(self, engine, sequences: _Seq[Sequence], tb: TokenBatch) -> dict[str, Tensor]:
+        logp, values = engine(token_logprobs_and_values, tb, self.head, self.chunk_size)
+        return {"logp": logp, "value_pred": values}
+
+
 @dataclass(frozen=True)
 class SampledLabels:
     """``logp`` = log p_θ(ŷ_t) of labels ŷ_t drawn from the model at each completion position
@@ -116,5 +132,5 @@ def choose_producer(requires: frozenset[str], candidates: _Seq[LogProbProducer])
                      f"them together); the producers offer {offered}")
 
 
-__all__ = ["BestOtherToken", "LogProbProducer", "PRODUCED_FIELDS", "SampledLabels", "TeacherSupport", "TokenLogprobs",
+__all__ = ["BestOtherToken", "LogProbProducer", "LogprobsAndValues", "PRODUCED_FIELDS", "SampledLabels", "TeacherSupport", "TokenLogprobs",
            "choose_producer"]

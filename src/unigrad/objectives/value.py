@@ -2,7 +2,8 @@
 
 With V_t = V_φ(x, y_<t) the critic's prediction (``extra["value_pred"]``, with gradient), V_old the
 value when the experience was made (``extra["values"]``) and R_t = A_t + V_old,t the GAE(γ, λ) returns
-(``estimator.advantages.gae``), over the step's N_tok completion tokens
+(``estimator.advantages.gae``; with ``kl_coef`` β_r the returns of the KL-shaped rewards
+r_t − β_r (log π_old − log π_ref), as the policy's advantages), over the step's N_tok completion tokens
 
     L_V = ½ (1/N_tok) Σ_t max((V_t − R_t)², (clip(V_t, V_old,t − c, V_old,t + c) − R_t)²)
 
@@ -13,13 +14,12 @@ Counted on the whole step (``Batch.step``), so micro-batches add up to the step'
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 
 from unigrad.batch import Batch
-from unigrad.estimator.advantages.gae import advantages_and_returns
-from unigrad.estimator.checks import fraction, positive
+from unigrad.estimator.advantages.gae import KL_SHAPED, advantages_and_returns
+from unigrad.estimator.checks import fraction, non_negative, positive
 from unigrad.estimator.protocols import Output
 
 
@@ -39,18 +39,23 @@ class ValueLoss:
     gamma: float = 1.0
     lam: float = 1.0
     clip: float | None = 0.5
-    requires: ClassVar[frozenset[str]] = frozenset({"reward", "values", "value_pred"})
+    kl_coef: float = 0.0      # β of a KL-shaped reward: the returns are those of the policy's advantages
+
+    @property
+    def requires(self) -> frozenset[str]:
+        return frozenset({"reward", "values", "value_pred"}) | (KL_SHAPED if self.kl_coef else frozenset())
 
     def __post_init__(self):
         fraction(self, "gamma", self.gamma, "the discount γ of later token rewards, in [0, 1]")
         fraction(self, "lam", self.lam, "GAE's λ, in [0, 1]")
         if self.clip is not None:
             positive(self, "clip", self.clip, "the value clip c keeps V within V_old ± c; null turns it off")
+        non_negative(self, "kl_coef", self.kl_coef, "β of the KL folded into the reward")
 
     def loss(self, batch: Batch) -> Output:
         mask, step = batch.mask, batch.whole
         width = mask.shape[1]
-        _, step_returns = advantages_and_returns(step, self.gamma, self.lam)
+        _, step_returns = advantages_and_returns(step, self.gamma, self.lam, self.kl_coef)
         returns = batch.from_whole(step_returns)[:, :width]
         value = batch.require("value_pred")[:, :width].to(returns.dtype)
         old = batch.require("values")[:, :width].to(returns.dtype)

@@ -53,6 +53,7 @@ class Layout(Protocol):
     def backward(self, engine, loss: torch.Tensor) -> None:
         """Accumulate this micro-batch's gradient (the loss is already divided by the whole step's counts)."""
 
+    backward_scale: float  # what ``backward`` multiplies the loss by (a parameter outside the engine sees it in .grad)
     skips_updates: bool   # whether ``update(..., skip=True)`` leaves weights and optimiser state unchanged
 
     def update(self, engine, optimizer, params: list, max_grad_norm: float | None, skip: bool = False) -> float:

@@ -30,6 +30,7 @@ class FSDP2:
     procs: Processes
     reshard_after_forward: bool = True
     skips_updates: ClassVar[bool] = True
+    backward_scale: ClassVar[float] = 1.0
 
     def prepare(self, model) -> ModelCall:
         from torch.distributed.fsdp import fully_shard

@@ -16,6 +16,7 @@ class Replicated:
     """Every process holds the whole model; gradients are summed in one all-reduce after backward."""
     procs: Processes
     skips_updates: ClassVar[bool] = True
+    backward_scale: ClassVar[float] = 1.0
 
     def prepare(self, model) -> ModelCall:
         return ModelCall(model)

@@ -110,8 +110,13 @@ class ZeRO:
                                                        config=sized_for(self.config, model))
         return engine, optimizer
 
+    @property
+    def backward_scale(self) -> float:
+        """DeepSpeed averages over the processes, so ``backward`` hands it P · loss."""
+        return float(self.procs.world)
+
     def backward(self, engine, loss: torch.Tensor) -> None:
-        engine.backward(loss * self.procs.world, scale_wrt_gas=False)
+        engine.backward(loss * self.backward_scale, scale_wrt_gas=False)
 
     def update(self, engine, optimizer, params: list, max_grad_norm: float | None, skip: bool = False) -> float:
         """Reduce, clip and update (DeepSpeed); the gradient norm before clipping. DeepSpeed's engine

@@ -17,13 +17,12 @@ with λ = 0.95).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 from torch import Tensor
 
 from unigrad.batch import Batch
-from unigrad.estimator.checks import flag, fraction
+from unigrad.estimator.checks import flag, fraction, non_negative
 from unigrad.estimator.protocols import Weighted
 
 WHITEN_EPS = 1e-8
@@ -70,10 +69,24 @@ def whiten(values: Tensor, mask: Tensor, eps: float = WHITEN_EPS) -> Tensor:
     return (values - mean) * torch.rsqrt(var + eps) * mask
 
 
-def advantages_and_returns(batch: Batch, gamma: float, lam: float) -> tuple[Tensor, Tensor]:
-    """(A, R) of every row of ``batch`` from its token rewards and ``extra["values"]``."""
-    return gae(token_rewards(batch), batch.require("values").to(batch.mask.dtype)[:, :batch.mask.shape[1]],
-               batch.mask, gamma, lam)
+def kl_shaped(rewards: Tensor, batch: Batch, kl_coef: float) -> Tensor:
+    """r_t − β (log π_old(y_t) − log π_ref(y_t)) at every completion token: the KL to the reference folded
+    into the reward (k1 per token; Ziegler et al. 2019, arXiv 1909.08593, eq. 2; TRL's and OpenRLHF's PPO)."""
+    if not kl_coef:
+        return rewards
+    width = batch.mask.shape[1]
+    kl = (batch.require("logp_old")[:, :width] - batch.require("logp_ref")[:, :width]).to(rewards.dtype)
+    return rewards - kl_coef * kl * batch.mask
+
+
+def advantages_and_returns(batch: Batch, gamma: float, lam: float, kl_coef: float = 0.0) -> tuple[Tensor, Tensor]:
+    """(A, R) of every row of ``batch`` from its token rewards (KL-shaped with ``kl_coef`` β > 0) and
+    ``extra["values"]``."""
+    return gae(kl_shaped(token_rewards(batch), batch, kl_coef),
+               batch.require("values").to(batch.mask.dtype)[:, :batch.mask.shape[1]], batch.mask, gamma, lam)
+
+
+KL_SHAPED = frozenset({"logp_old", "logp_ref"})   # what a KL-shaped reward reads besides the reward
 
 
 @dataclass(frozen=True)
@@ -81,27 +94,36 @@ class GAE:
     """Â_t = whiten(A_t) with A the GAE(γ, λ) advantages of the module docstring, per token ([B, T]),
     computed on the whole step (whitening uses its statistics, so micro-batches are exact).
 
-    Defaults γ = λ = 1 are verl's (A_t = Σ_{s≥t} r_s − V_t, Monte-Carlo returns); TRL uses λ = 0.95."""
+    Defaults γ = λ = 1 are verl's (A_t = Σ_{s≥t} r_s − V_t, Monte-Carlo returns); TRL uses λ = 0.95. With
+    ``kl_coef`` β > 0 the rewards are KL-shaped (``kl_shaped``), which reads π_ref of the whole step's
+    rollouts (made with them)."""
     gamma: float = 1.0
     lam: float = 1.0
     whiten: bool = True
-    requires: ClassVar[frozenset[str]] = frozenset({"reward", "values"})
+    kl_coef: float = 0.0
 
     def __post_init__(self):
         fraction(self, "gamma", self.gamma, "the discount γ of later token rewards, in [0, 1]")
         fraction(self, "lam", self.lam, "GAE's λ trades bias (0: one-step TD) against variance (1: Monte Carlo), in [0, 1]")
         flag(self, "whiten", self.whiten, "normalise the advantages over the step's tokens")
+        non_negative(self, "kl_coef", self.kl_coef, "β of the KL folded into the reward; a negative β rewards drift")
+
+    @property
+    def requires(self) -> frozenset[str]:
+        return frozenset({"reward", "values"}) | (KL_SHAPED if self.kl_coef else frozenset())
 
     def __call__(self, batch: Batch) -> Weighted:
         step = batch.whole
-        advantages, _ = advantages_and_returns(step, self.gamma, self.lam)
+        advantages, _ = advantages_and_returns(step, self.gamma, self.lam, self.kl_coef)
         weight = whiten(advantages, step.mask) if self.whiten else advantages
         mask = batch.mask
         width, n = mask.shape[1], mask.sum().clamp(min=1)
         raw, values = batch.from_whole(advantages)[:, :width], batch.require("values")[:, :width]
-        return Weighted(batch.from_whole(weight)[:, :width], None,
-                        {"gae_advantage_mean": float((raw * mask).sum() / n),
-                         "values_old_mean": float((values * mask).sum() / n)})
+        metrics = {"gae_advantage_mean": float((raw * mask).sum() / n), "values_old_mean": float((values * mask).sum() / n)}
+        if self.kl_coef:
+            kl = (batch.require("logp_old") - batch.require("logp_ref"))[:, :width]
+            metrics["reward_kl"] = float((kl * mask).sum() / n)
+        return Weighted(batch.from_whole(weight)[:, :width], None, metrics)
 
 
-__all__ = ["GAE", "advantages_and_returns", "gae", "token_rewards", "whiten"]
+__all__ = ["GAE", "KL_SHAPED", "advantages_and_returns", "gae", "kl_shaped", "token_rewards", "whiten"]
