@@ -192,7 +192,10 @@ class ZeRO:
                 with deepspeed.zero.GatheredParameters([param], modifier_rank=0):
                     if self.stage != 3 or self.procs.main:
                         param.copy_(weights[name].to(param.dtype))
-                safe_set_full_fp32_param(param, weights[name].to(torch.float32))
+                if self.stage == 3:
+                    self._set_stage3_piece(param, weights[name])
+                else:
+                    safe_set_full_fp32_param(param, weights[name].to(torch.float32))
         if not optimizer_state or not optimizer_state.get("state"):
             return
         saved = next(iter(optimizer_state["state"].values()))
@@ -210,7 +213,29 @@ class ZeRO:
         for index, (name, param) in enumerate(params):
             own = optimizer_state["state"].get(index, optimizer_state["state"].get(str(index)))
             for key in sharded:
-                safe_set_full_optimizer_state(param, own[key].to(torch.float32), key)
+                if self.stage == 3:
+                    self._set_stage3_piece(param, own[key], key)
+                else:
+                    safe_set_full_optimizer_state(param, own[key].to(torch.float32), key)
+
+    def _set_stage3_piece(self, param, full: torch.Tensor, key: str | None = None) -> None:
+        """This process's piece of a stage-3 parameter's fp32 copy (``key`` None) or optimiser state: the
+        rank-th n elements of the flat full tensor, zero-padded as DeepSpeed pads its partitions.
+        DeepSpeed's own ``safe_set_full_*`` cut the full tensor without the padding, which fails for a
+        parameter with fewer elements than processes (a value head's bias)."""
+        from deepspeed.utils import (
+            safe_get_local_fp32_param, safe_get_local_optimizer_state, safe_set_local_fp32_param,
+            safe_set_local_optimizer_state,
+        )
+        local = safe_get_local_fp32_param(param) if key is None else safe_get_local_optimizer_state(param, key)
+        n, rank = local.numel(), self.procs.rank
+        flat = full.flatten().to(torch.float32)
+        flat = torch.nn.functional.pad(flat, (0, max(0, n * (rank + 1) - flat.numel())))
+        piece = flat[n * rank:n * (rank + 1)].view_as(local).to(local.device)
+        if key is None:
+            safe_set_local_fp32_param(param, piece)
+        else:
+            safe_set_local_optimizer_state(param, piece, key)
 
 
 def sized_for(config: dict, model) -> dict:
