@@ -35,7 +35,7 @@ from torch import Tensor
 from unigrad.config import ConfigError, CriticConfig, RunConfig
 from unigrad.data.packing import per_token_rows
 from unigrad.gradients.base import StepSums
-from unigrad.guards import finite
+from unigrad.guards import RunError, finite
 from unigrad.logprobs.producers import LogprobsAndValues
 from unigrad.logprobs.values import token_values, trunk_values
 from unigrad.methods.ppo import WithCritic, WithValueHead, value_loss_of
@@ -173,7 +173,8 @@ class CriticUpdate:
     """``rule`` for the policy, then one update of the critic on the same step's micro-batches. Metrics:
     ``value_loss`` and ``value_clipfrac`` (of the step, summed over processes by ``total``),
     ``explained_variance`` (of V_old against the returns), ``critic_grad_norm`` (before clipping). A
-    non-finite value loss on any process skips the critic's step. For the first ``pretrain_steps`` steps the
+    non-finite value loss on any process skips the critic's step (stops the run where its layout cannot
+    skip: DeepSpeed). For the first ``pretrain_steps`` steps the
     policy is held and only the critic learns (``policy_held`` 1; verl's ``critic_warmup``)."""
     rule: UpdateRule
     critic: Critic
@@ -188,6 +189,10 @@ class CriticUpdate:
         if held:
             sums.tokens = critic.tokens
         skip = self.total(float(not finite(critic.surrogate, critic.objective))) > 0
+        if skip and not self.critic.layout.skips_updates:
+            raise RunError(f"step {step + 1}: the critic's value loss is not finite ({critic.objective}) and its "
+                           "DeepSpeed engine cannot skip an update; nothing non-finite was saved. Try a lower "
+                           "critic.lr or critic.max_grad_norm")
         critic_norm = self.critic.update(step, skip)
         sums.metrics = {**sums.metrics, "value_loss": self.total(critic.objective),
                         "value_clipfrac": self.total(critic.metrics["value_clipfrac"]),

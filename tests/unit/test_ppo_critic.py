@@ -186,3 +186,25 @@ def test_the_held_out_value_loss_is_against_the_monte_carlo_return():
     var = lambda xs: sum((x - mean(xs)) ** 2 for x in xs) / (len(xs) - 1)
     assert abs(got["explained_variance"] - (1 - var([g - v for g, v in zip(flat_g, flat_v)]) / (var(flat_g) + 1e-5))) < 1e-5
     assert abs(got["return_variance"] - var(flat_g)) < 1e-6
+
+
+def test_a_non_finite_value_loss_stops_a_critic_whose_engine_cannot_skip():
+    """Replicated: the critic's step is skipped; DeepSpeed (no skipping): the run stops before the update."""
+    import types
+    from unigrad.critic import CriticUpdate
+    from unigrad.gradients.base import StepSums
+    from unigrad.guards import RunError
+    from unigrad.objectives.value import ValueLoss
+
+    skipped = []
+    critic = types.SimpleNamespace(layout=types.SimpleNamespace(skips_updates=True),
+                                   update=lambda step, skip: skipped.append(skip) or 0.0)
+    rule = lambda step, gradients, apply: (StepSums(metrics={}), 1.0)
+    nan = lambda estimator=None: StepSums(float("nan"), float("nan"), 3, {"value_clipfrac": 0.0})
+    update = CriticUpdate(rule, critic, ValueLoss())
+    update(0, nan, None)
+    assert skipped == [True]
+    critic.layout.skips_updates = False
+    with pytest.raises(RunError, match="step 1: the critic's value loss is not finite"):
+        update(0, nan, None)
+    assert skipped == [True]
