@@ -389,15 +389,15 @@ def critic_objective(objective, config: RunConfig):
     return WithValueHead(objective, config.critic.value_coef)
 
 
-def critic_for(objective, config: RunConfig, layout, procs, device, dtype, tokenizer, engine):
+def critic_for(objective, config: RunConfig, layout, procs, device, dtype, tokenizer, policy, engine):
     """The critic the method asks for (``critic_fields`` has checked the run), or None: a ``SharedHead`` on
-    the policy (``engine``, its layout's call) or a separate ``Critic``, which reads the policy's tokens, so
-    its tokenizer must be the policy's."""
+    the ``policy`` (called through ``engine``, its layout's call) or a separate ``Critic``, which reads the
+    policy's tokens, so its tokenizer must be the policy's."""
     if value_loss_of(objective) is None:
         return None
     c = config.critic or CriticConfig()
     if c.shared:
-        hidden = getattr(engine, "module", engine).model.config.get_text_config().hidden_size
+        hidden = policy.config.get_text_config().hidden_size
         return SharedHead(hidden, engine, procs, c, config.train.steps, tokenizer.pad_token_id, config.data.packed,
                           config.train.eval_batch_size, config.train.chunk_size, device, layout.backward_scale,
                           config.train.seed)

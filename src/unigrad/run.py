@@ -434,7 +434,7 @@ def assemble(config: RunConfig) -> Run:
                                                                  reward_fn) if online else None)
     if rollout_reference is not None:
         source = WithReferenceLogprobs(source, rollout_reference, pad_id, t.eval_batch_size, d.packed)
-    critic = critic_for(objective, config, layout, procs, device, dtype, tokenizer, engine)
+    critic = critic_for(objective, config, layout, procs, device, dtype, tokenizer, model, engine)
     source, update = with_critic(source, update, objective, critic, procs.sum)
     candidates += critic.producers() if critic is not None else []   # a shared head reads V from the policy's forward
     if critic is not None and online and eval_prompts:   # the critic on new rollouts of every held-out prompt
