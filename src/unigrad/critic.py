@@ -314,6 +314,11 @@ class HeldOutValues:
     gamma: float
     kl_coef: float = 0.0
 
+    @classmethod
+    def of(cls, rollouts: Callable[[int], object], critic, loss: ValueLoss) -> "HeldOutValues":
+        """Scored against the returns ``loss`` trains the critic on (its γ and KL shaping)."""
+        return cls(rollouts, critic, loss.gamma, loss.kl_coef)
+
     def __call__(self, step: int) -> dict:
         experience = self.rollouts(step)
         values = self.critic.values(experience.sequences)

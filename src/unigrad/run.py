@@ -363,18 +363,22 @@ def assemble(config: RunConfig) -> Run:
         model = _apply_lora(model, config, train_split, pad_id)
     procs.broadcast_parameters(model)
     reference = None
+
+    def initial_reference() -> Reference:   # π_ref computed per batch by a frozen copy of the initial policy
+        return Reference(load_role(Role("reference", INITIAL_POLICY), model, layout, device, dtype), None, t.chunk_size)
     if with_reference:
         splits = [] if online else [s for s in (train_split, eval_split) if s]
         if splits and config.reference.precompute:
             reference = Reference.precomputed(model, splits, out_dir / "reference_logps.safetensors", config.model.name,
                                               pad_id, d.packed, t.chunk_size, t.eval_batch_size * 2, write=procs.main)
         else:
-            reference = Reference(load_role(Role("reference", INITIAL_POLICY), model, layout, device, dtype), None,
-                                  t.chunk_size)
-    rollout_reference = None   # π_ref of each step's rollouts, made with them (PPO's KL-shaped reward)
-    if "logp_ref" in from_critic:
-        rollout_reference = Reference(load_role(Role("reference", INITIAL_POLICY), model, layout, device, dtype), None,
-                                      t.chunk_size)
+            reference = initial_reference()
+    # π_ref of each step's rollouts, made with them (PPO's KL-shaped reward)
+    rollout_reference = initial_reference() if "logp_ref" in from_critic else None
+
+    def with_rollout_reference(producer):
+        return WithReferenceLogprobs(producer, rollout_reference, pad_id, t.eval_batch_size, d.packed) \
+            if rollout_reference is not None else producer
     if config.teacher.name:
         teacher = load_role(Role("teacher", config.teacher.name, prepared=False), model, layout, device, dtype,
                             config.model.trust_remote_code)
@@ -395,11 +399,12 @@ def assemble(config: RunConfig) -> Run:
         def sync() -> None:
             layout.sync_sampling_model(model, sampling)
             sampler.update_weights(sampling)
+
+        def logp_now(rows) -> torch.Tensor:   # [N, T] log π of rows under the policy's current weights
+            return snapshot_logprobs(sampling, rows, pad_id, t.eval_batch_size, t.chunk_size)
         source = RolloutSource(train_prompts, sampler, reward_fn, config.rollout, config.reward.fallback, tokenizer,
                                t.batch_size, demonstrations, t.seed, config.reward.overlong_cache, sync,
-                               recompute=(lambda rows: snapshot_logprobs(sampling, rows, pad_id, t.eval_batch_size,
-                                                                         t.chunk_size))
-                               if config.rollout.recompute_logp_old else None, steps=t.steps)
+                               recompute=logp_now if config.rollout.recompute_logp_old else None, steps=t.steps)
         if emit:   # the objective reads preferences: the policy's samples compared by the preference model
             opponent = geometric_mixture(sampler, mixture, beta) if beta else None
             source = PreferencePairs(train_prompts, sampler, preference, config.rollout, tokenizer, t.batch_size, emit,
@@ -408,9 +413,7 @@ def assemble(config: RunConfig) -> Run:
         if wants_memory(objective.requires):   # TRICE: MCMC-EM over a rationale memory per example
             source = memory_source(config, train_prompts, sampler, reward_fn, tokenizer, sync)
         if iterative:
-            source = IterationPairs(train_prompts, sampler, preference, lambda rows: snapshot_logprobs(
-                                        sampling, rows, pad_id, t.eval_batch_size, t.chunk_size),
-                                    config.rollout, config.iterations, tokenizer, t.batch_size, sampling,
+            source = IterationPairs(train_prompts, sampler, preference, logp_now, config.rollout, config.iterations, tokenizer, t.batch_size, sampling,
                                     out_dir / "iterations", demonstrations, t.seed, procs.main, sync,
                                     shape=iteration_shape(objective))
         source = rehearsal.around(source, objective, config.rehearsal, sampling, out_dir / "rehearsal", procs.main)
@@ -432,8 +435,7 @@ def assemble(config: RunConfig) -> Run:
     gradients, update = _gradient_and_update(config, model, params, optimizer, procs,
                                              zeroth_order_oracle(config, sampler, tokenizer, train_prompts, sync,
                                                                  reward_fn) if online else None)
-    if rollout_reference is not None:
-        source = WithReferenceLogprobs(source, rollout_reference, pad_id, t.eval_batch_size, d.packed)
+    source = with_rollout_reference(source)
     critic = critic_for(objective, config, layout, procs, device, dtype, tokenizer, model, engine)
     source, update = with_critic(source, update, objective, critic, procs.sum)
     candidates += critic.producers() if critic is not None else []   # a shared head reads V from the policy's forward
@@ -441,10 +443,7 @@ def assemble(config: RunConfig) -> Run:
         rollouts = RolloutSource(eval_prompts, sampler, reward_fn, dataclasses.replace(config.rollout, dynamic_sampling=False),
                                  config.reward.fallback, tokenizer, len(eval_prompts), seed=t.seed + 1,
                                  overlong_cache=config.reward.overlong_cache)
-        if rollout_reference is not None:
-            rollouts = WithReferenceLogprobs(rollouts, rollout_reference, pad_id, t.eval_batch_size, d.packed)
-        loss = value_loss_of(objective)
-        held_out_values = HeldOutValues(rollouts, critic, loss.gamma, loss.kl_coef)
+        held_out_values = HeldOutValues.of(with_rollout_reference(rollouts), critic, value_loss_of(objective))
     skips = layout.skips_updates and not t.optimizer_in_backward   # else a non-finite step cannot be undone
     data = ([(e.prompt_ids, e.answer, e.demonstration) for e in train_prompts] if online else
             [(s.prompt_ids, s.completion_ids, s.group, s.sign, s.meta.get("fields")) for s in train_split.sequences])

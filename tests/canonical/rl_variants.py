@@ -26,24 +26,7 @@ from collections import Counter
 import torch
 from torch import Tensor
 
-
-def prompts(group: Tensor) -> list[list[int]]:
-    return [(group == g).nonzero().flatten().tolist() for g in torch.unique(group).tolist()]
-
-
-def centred(reward: Tensor, group: Tensor) -> Tensor:
-    adv = torch.zeros_like(reward)
-    for rows in prompts(group):
-        adv[rows] = reward[rows] - reward[rows].mean()
-    return adv
-
-
-def grpo_advantage(reward: Tensor, group: Tensor, eps: float = 1e-6) -> Tensor:
-    adv = torch.zeros_like(reward)
-    for rows in prompts(group):
-        r = reward[rows]
-        adv[rows] = (r - r.mean()) / (r.std(unbiased=True) + eps)
-    return adv
+from .rl import centred_advantage as centred, grpo_advantage, prompts
 
 
 def _token_mean(per_token, mask: Tensor) -> Tensor:

@@ -82,4 +82,5 @@ def test_a_shared_value_head_under_zero3_equals_one_process(tmp_path):
     assert _max_gap(_final(tmp_path / "one"), _final(tmp_path / "zero3")) < 1e-5
     assert _max_gap(_critic(tmp_path / "one", 2), _critic(tmp_path / "zero3", 2)) < 1e-5
     one, zero3 = _grad_norms(tmp_path / "one"), _grad_norms(tmp_path / "zero3")
-    assert all(abs(a - b) <= 1e-5 * a for a, b in zip(one, zero3)) and len(one) == 3
+    assert len(one) == len(zero3) == 3
+    assert all(abs(a - b) <= 1e-5 * a for a, b in zip(one, zero3))

@@ -1,30 +1,12 @@
 """The ``forget`` and ``scored`` data formats: record shapes, Sequences, error messages, shipped files."""
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
 
 from unigrad.data import DataError, load_dataset_sequences
-from unigrad.models import tiny_tokenizer
 
-REPO = Path(__file__).resolve().parents[2]
-DATA = REPO / "src" / "unigrad" / "resources" / "data"
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return tiny_tokenizer()
-
-
-def _write(path: Path, records) -> Path:
-    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in records))
-    return path
-
-
-def test_forget_records_become_signed_sequences(tmp_path, tok):
-    path = _write(tmp_path / "f.jsonl", [
+def test_forget_records_become_signed_sequences(tmp_path, write_jsonl, tok):
+    path = write_jsonl(tmp_path / "f.jsonl", [
         {"prompt": "Who is A?", "completion": "A is a painter.", "split": "forget"},
         {"prompt": "What is 2+2?", "completion": "4", "split": "retain"},
         {"messages": [{"role": "user", "content": "Where was A born?"}, {"role": "assistant", "content": "In B."}],
@@ -43,15 +25,15 @@ def test_forget_records_become_signed_sequences(tmp_path, tok):
     ({"prompt": "q", "completion": "a", "split": 1}, 'field "split" must be "forget" or "retain", got int'),
     ({"prompt": "q", "split": "forget"}, 'line 1: missing field "completion"'),
 ])
-def test_forget_errors_name_file_line_and_field(tmp_path, tok, record, message):
-    path = _write(tmp_path / "bad.jsonl", [record])
+def test_forget_errors_name_file_line_and_field(tmp_path, write_jsonl, tok, record, message):
+    path = write_jsonl(tmp_path / "bad.jsonl", [record])
     with pytest.raises(DataError) as e:
         load_dataset_sequences(str(path), "forget", tok, 256)
     assert str(path) in str(e.value) and message in str(e.value)
 
 
-def test_scored_records_carry_reward_and_value_fields(tmp_path, tok):
-    path = _write(tmp_path / "s.jsonl", [
+def test_scored_records_carry_reward_and_value_fields(tmp_path, write_jsonl, tok):
+    path = write_jsonl(tmp_path / "s.jsonl", [
         {"prompt": "What is 2+2?", "response": "4", "reward": 1},
         {"prompt": "What is 2+3?", "completion": "6", "reward": 0.25, "value": 0.5},
         {"prompt": "Hi", "response": "Hello", "reward": -1.5, "value": None},
@@ -75,23 +57,23 @@ def test_scored_records_carry_reward_and_value_fields(tmp_path, tok):
     ({"prompt": "q", "response": "", "reward": 1}, 'field "response" is empty'),
     ({"prompt": "q", "response": "a", "completion": "b", "reward": 1}, '"response" and "completion", not both'),
 ])
-def test_scored_errors_name_file_line_and_field(tmp_path, tok, record, message):
-    path = _write(tmp_path / "bad.jsonl", [{"prompt": "ok", "response": "fine", "reward": 0.5}, record])
+def test_scored_errors_name_file_line_and_field(tmp_path, write_jsonl, tok, record, message):
+    path = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "ok", "response": "fine", "reward": 0.5}, record])
     with pytest.raises(DataError) as e:
         load_dataset_sequences(str(path), "scored", tok, 256)
     assert str(path) in str(e.value) and message in str(e.value)
 
 
-def test_shipped_forget_and_scored_files_load(tok):
-    forget = load_dataset_sequences(str(DATA / "forget" / "train.jsonl"), "forget", tok, 512)
+def test_shipped_forget_and_scored_files_load(tok, shipped_data):
+    forget = load_dataset_sequences(str(shipped_data / "forget" / "train.jsonl"), "forget", tok, 512)
     assert sum(s.sign < 0 for s in forget) == 30 and sum(s.sign > 0 for s in forget) == 60
-    scored = load_dataset_sequences(str(DATA / "scored" / "train.jsonl"), "scored", tok, 512)
+    scored = load_dataset_sequences(str(shipped_data / "scored" / "train.jsonl"), "scored", tok, 512)
     rewards = [s.meta["fields"]["reward"] for s in scored]
     assert len(scored) == 60 and min(rewards) == 0.0 and max(rewards) == 1.0
 
 
-def test_unknown_format_lists_the_new_ones(tmp_path, tok):
-    path = _write(tmp_path / "s.jsonl", [{"prompt": "q", "completion": "a"}])
+def test_unknown_format_lists_the_new_ones(tmp_path, write_jsonl, tok):
+    path = write_jsonl(tmp_path / "s.jsonl", [{"prompt": "q", "completion": "a"}])
     with pytest.raises(DataError, match="unknown data format") as e:
         load_dataset_sequences(str(path), "bogus", tok, 256)
     assert "forget" in str(e.value) and "scored" in str(e.value)

@@ -8,6 +8,7 @@ import torch
 
 from unigrad.config import ConfigError, RolloutConfig
 from unigrad.experience.memory import MemorySource, RationaleMemory
+from unigrad.experience.rollouts import RolloutSource
 from unigrad.rollout.base import Rollouts
 from unigrad.state import stateful
 
@@ -33,8 +34,8 @@ class Tok:
 
 def _source(memory: RationaleMemory, correct: set[int], n_examples: int = 4, **rollout) -> MemorySource:
     examples = [SimpleNamespace(prompt_ids=(n,), prompt_text=str(n), answer=None, extra={}) for n in range(n_examples)]
-    return MemorySource(examples, Scripted(), lambda prompt, completion, answer: float(int(completion) in correct),
-                        RolloutConfig(**{"num_generations": 1, **rollout}), 0.0, Tok(), n_examples, memory)
+    return MemorySource(RolloutSource(examples, Scripted(), lambda prompt, completion, answer: float(int(completion) in correct),
+                                      RolloutConfig(**{"num_generations": 1, **rollout}), 0.0, Tok(), n_examples), memory)
 
 
 def test_one_step_updates_the_memory_and_emits_memory_and_proposal_rows():

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -10,24 +9,9 @@ import torch
 from unigrad.data import DataError, formats, load_dataset_sequences
 from unigrad.experience import Split
 from unigrad.experience.mismatched import with_mismatched
-from unigrad.models import tiny_tokenizer
 
-REPO = Path(__file__).resolve().parents[2]
-DATA = REPO / "src" / "unigrad" / "resources" / "data"
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return tiny_tokenizer()
-
-
-def _write(path: Path, records) -> Path:
-    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in records))
-    return path
-
-
-def test_unpaired_rows_are_signed_by_label(tmp_path, tok):
-    path = _write(tmp_path / "u.jsonl", [
+def test_unpaired_rows_are_signed_by_label(tmp_path, write_jsonl, tok):
+    path = write_jsonl(tmp_path / "u.jsonl", [
         {"prompt": "What is 2+2?", "completion": "4", "label": True},
         {"prompt": "What is 2+2?", "completion": "5", "label": False},
         {"prompt": [{"role": "user", "content": "Hi"}], "completion": [{"role": "assistant", "content": "Hello"}],
@@ -54,29 +38,29 @@ def test_unpaired_rows_are_signed_by_label(tmp_path, tok):
     ({"prompt": "q", "completion": [{"role": "user", "content": "a"}], "label": False},
      'field "completion[0]" must be an assistant message'),
 ])
-def test_unpaired_errors_name_file_line_and_field(tmp_path, tok, record, message):
-    path = _write(tmp_path / "bad.jsonl", [record])
+def test_unpaired_errors_name_file_line_and_field(tmp_path, write_jsonl, tok, record, message):
+    path = write_jsonl(tmp_path / "bad.jsonl", [record])
     with pytest.raises(DataError) as e:
         load_dataset_sequences(str(path), "unpaired", tok, 256)
     assert str(path) in str(e.value) and message in str(e.value)
 
 
-def test_pair_margin_parsed_and_filled(tmp_path, tok):
-    path = _write(tmp_path / "p.jsonl", [
+def test_pair_margin_parsed_and_filled(tmp_path, write_jsonl, tok):
+    path = write_jsonl(tmp_path / "p.jsonl", [
         {"prompt": "q1", "chosen": "a", "rejected": "b", "margin": 2},
         {"prompt": "q2", "chosen": "a", "rejected": "b"},
         {"prompt": "q3", "chosen": "a", "rejected": "b", "margin": 0.5},
     ])
     seqs = load_dataset_sequences(str(path), "pairs", tok, 256)
     assert [s.meta["fields"]["margin"] for s in seqs] == [2.0, 2.0, 0.0, 0.0, 0.5, 0.5]
-    plain = _write(tmp_path / "plain.jsonl", [{"prompt": "q", "chosen": "a", "rejected": "b"}])
+    plain = write_jsonl(tmp_path / "plain.jsonl", [{"prompt": "q", "chosen": "a", "rejected": "b"}])
     assert "fields" not in load_dataset_sequences(str(plain), "pairs", tok, 256)[0].meta
 
 
 @pytest.mark.parametrize("margin, message", [("1", "got str"), (True, "got bool"), ([1], "got list"),
                                              (1e400, "finite number")])
-def test_pair_margin_errors(tmp_path, tok, margin, message):
-    path = _write(tmp_path / "bad.jsonl", ['{"prompt": "q", "chosen": "a", "rejected": "b"}',
+def test_pair_margin_errors(tmp_path, write_jsonl, tok, margin, message):
+    path = write_jsonl(tmp_path / "bad.jsonl", ['{"prompt": "q", "chosen": "a", "rejected": "b"}',
                                            json.dumps({"prompt": "q", "chosen": "a", "rejected": "b"})[:-1]
                                            + ', "margin": ' + json.dumps(margin) + "}"])
     with pytest.raises(DataError) as e:
@@ -84,12 +68,12 @@ def test_pair_margin_errors(tmp_path, tok, margin, message):
     assert f"{path}, line 2" in str(e.value) and 'field "margin" must be' in str(e.value) and message in str(e.value)
 
 
-def test_pair_margin_reaches_the_batch_and_the_reward_model_loss(tmp_path, tok):
+def test_pair_margin_reaches_the_batch_and_the_reward_model_loss(tmp_path, write_jsonl, tok):
     """margin → meta["fields"] → Experience.fields → Batch.extra["margin"], read by the reward-model loss."""
     from unigrad.batch import Batch
     from unigrad.objectives.reward_model import BradleyTerryLoss
 
-    path = _write(tmp_path / "p.jsonl", [{"prompt": "q1", "chosen": "a", "rejected": "b", "margin": 3},
+    path = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "q1", "chosen": "a", "rejected": "b", "margin": 3},
                                          {"prompt": "q2", "chosen": "c", "rejected": "d", "margin": 1}])
     split = Split.of("train", load_dataset_sequences(str(path), "pairs", tok, 256))
     experience = split.experience([1, 0])
@@ -103,8 +87,8 @@ def test_pair_margin_reaches_the_batch_and_the_reward_model_loss(tmp_path, tok):
     torch.testing.assert_close(out.objective.float(), expect.float())
 
 
-def test_mismatched_rows(tmp_path, tok):
-    path = _write(tmp_path / "u.jsonl", [{"prompt": f"q{i}", "completion": f"a{i}", "label": i % 2 == 0} for i in range(3)])
+def test_mismatched_rows(tmp_path, write_jsonl, tok):
+    path = write_jsonl(tmp_path / "u.jsonl", [{"prompt": f"q{i}", "completion": f"a{i}", "label": i % 2 == 0} for i in range(3)])
     split = with_mismatched(Split.of("train", load_dataset_sequences(str(path), "unpaired", tok, 256)), 256)
     assert split.units == [[0, 1], [2, 3], [4, 5]]
     seqs = split.sequences
@@ -118,18 +102,18 @@ def test_mismatched_rows(tmp_path, tok):
         with_mismatched(Split.of("one", seqs[:1]), 256)
 
 
-def test_shipped_unpaired_dataset(tok):
+def test_shipped_unpaired_dataset(tok, shipped_data):
     for name, n in (("train", 200), ("eval", 40)):
-        seqs = load_dataset_sequences(str(DATA / "unpaired" / f"{name}.jsonl"), "unpaired", tok, 512)
+        seqs = load_dataset_sequences(str(shipped_data / "unpaired" / f"{name}.jsonl"), "unpaired", tok, 512)
         assert len(seqs) == n and sum(s.sign > 0 for s in seqs) == n // 2
         assert all(a.prompt_ids != b.prompt_ids for a, b in zip(seqs, seqs[-1:] + seqs[:-1]))  # mismatched really are
 
 
-def test_kto_warns_when_the_weighted_class_ratio_is_outside_the_papers_range(tmp_path, tok, caplog):
+def test_kto_warns_when_the_weighted_class_ratio_is_outside_the_papers_range(tmp_path, write_jsonl, tok, caplog):
     from unigrad.methods import method
     from unigrad.methods.unpaired import prepare_splits
 
-    path = _write(tmp_path / "u.jsonl", [{"prompt": f"q{i}", "completion": f"a{i}", "label": i == 0} for i in range(4)])
+    path = write_jsonl(tmp_path / "u.jsonl", [{"prompt": f"q{i}", "completion": f"a{i}", "label": i == 0} for i in range(4)])
     split = Split.of("train", load_dataset_sequences(str(path), "unpaired", tok, 256))
     with caplog.at_level("WARNING", logger="unigrad"):
         prepare_splits(method("kto", lambda_d=3.5), [split, None], 256)       # 3.5·1 / (1·3) ∈ [1, 4/3]: quiet

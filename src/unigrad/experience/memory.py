@@ -29,13 +29,14 @@ Metrics: ``reward_mean`` and ``rollout_accuracy`` of the proposals (the acceptan
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 import torch
 
 from unigrad.estimator.advantages.memory import MEMORY_FIELDS
 from unigrad.experience.base import Experience
 from unigrad.experience.dataset import step_units
+from unigrad.experience.rollouts import RolloutSource
 from unigrad.tokens import Sequence
 
 CORRECT = 0.5          # a rationale yields the correct answer when its reward is above this (rollout_accuracy's rule)
@@ -97,49 +98,31 @@ class MemorySource:
     """Step ``s``'s examples, one proposal each, the memory updated and both trained (module docstring).
     One unit per example (group = its index): [z_m, z̃_m] when z̃_m was rejected, [z_m = z̃_m] when accepted,
     [z̃_m] when the example has no memory (its weight is 0; it counts in β and in Z = M)."""
-    examples: list                   # PromptExample with prompt_ids
-    sampler: object
-    reward_fn: object
-    rollout: object                  # RolloutConfig
-    fallback: float
-    tokenizer: object
-    batch_size: int
+    rollouts: RolloutSource          # the examples, sampler, reward and seeds; one proposal per example
     memory: RationaleMemory
-    seed: int = 0
-    sync: Callable[[], None] = lambda: None   # hands the updated policy to the sampler
     provides: ClassVar[frozenset[str]] = MEMORY_FIELDS
 
     def __post_init__(self):
-        if self.rollout.num_generations != 1:
+        if self.rollouts.rollout.num_generations != 1:
             from unigrad.config import ConfigError
-            raise ConfigError(f"rollout.num_generations={self.rollout.num_generations}: TRICE proposes one rationale "
-                              "per example and step (an independence sampler); set rollout.num_generations: 1")
+            raise ConfigError(f"rollout.num_generations={self.rollouts.rollout.num_generations}: TRICE proposes one "
+                              "rationale per example and step (an independence sampler); set rollout.num_generations: 1")
 
     @property
     def epochs(self) -> int:
-        return self.rollout.epochs
+        return self.rollouts.epochs
 
     def after_update(self) -> None:
-        self.sync()
-
-    def _propose(self, chosen: list, step: int):
-        r = self.rollout
-        rollouts = self.sampler.sample([list(e.prompt_ids) for e in chosen], 1, r.max_new_tokens,
-                                       temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
-                                       seed=(self.seed * 1_000_003 + step) * 7)
-        from unigrad.rewards import score_rollouts
-        rewards, report = score_rollouts(self.reward_fn, [e.prompt_text for e in chosen], rollouts.texts(self.tokenizer),
-                                         [e.answer for e in chosen], fallback=self.fallback,
-                                         metas=[e.extra for e in chosen])
-        return rollouts, rewards, report
+        self.rollouts.after_update()
 
     def __call__(self, step: int) -> Experience:
-        units = step_units(len(self.examples), self.batch_size, step, self.seed)
-        rollouts, rewards, report = self._propose([self.examples[u] for u in units], step)
+        source = self.rollouts
+        units = step_units(len(source.examples), source.batch_size, step, source.seed)
+        rollouts, rewards, report = source._sample(units, step, 0, source.tokenizer)
         sequences, grouped, memory, proposal = [], [], [], []
 
         def row(completion: tuple[int, ...], u: int, is_memory: bool, is_proposal: bool) -> None:
-            sequences.append(Sequence(tuple(self.examples[u].prompt_ids), tuple(completion), group=u))
+            sequences.append(Sequence(tuple(source.examples[u].prompt_ids), tuple(completion), group=u))
             memory.append(is_memory)
             proposal.append(is_proposal)
 
@@ -161,8 +144,8 @@ class MemorySource:
 def memory_source(config, examples: list, sampler, reward_fn, tokenizer, sync) -> MemorySource:
     """The run's TRICE producer: its memory started from the demonstrations (``initial_memory``)."""
     memory = initial_memory(examples, reward_fn, config.reward.fallback, tokenizer, config.data.max_length)
-    return MemorySource(examples, sampler, reward_fn, config.rollout, config.reward.fallback, tokenizer,
-                        config.train.batch_size, memory, config.train.seed, sync)
+    return MemorySource(RolloutSource(examples, sampler, reward_fn, config.rollout, config.reward.fallback, tokenizer,
+                                      config.train.batch_size, seed=config.train.seed, sync=sync), memory)
 
 
 __all__ = ["CORRECT", "MemorySource", "RationaleMemory", "initial_memory", "memory_source", "wants_memory"]

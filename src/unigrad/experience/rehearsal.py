@@ -145,8 +145,7 @@ class Rehearsal:
         fields[LOGPROBS] = ref
         changes = {"sequences": sequences, "units": experience.units + [[n_exp + j] for j in range(len(picked))],
                    "fields": fields, "metrics": {**experience.metrics, "rehearsal_rows": float(len(picked)), **data.metrics}}
-        if any(f.name == "again" for f in dataclasses.fields(experience)):
-            changes["again"] = None     # a redraw of the rollouts alone would drop the stored rows
+        changes["again"] = None     # a redraw of the rollouts alone would drop the stored rows
         return dataclasses.replace(experience, **changes)
 
     # ---------------------------------------------------------------------------- the pre-sampling

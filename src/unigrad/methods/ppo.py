@@ -13,11 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from unigrad.batch import Batch
-from unigrad.estimator import BehaviourPolicy, DualClip, Estimator, Likelihood, PPOClip, TokenMean
+from unigrad.estimator import BehaviourPolicy, Estimator, Likelihood, TokenMean
 from unigrad.estimator.advantages.gae import GAE
-from unigrad.estimator.checks import ParameterError, fraction, non_negative, number, part, positive
+from unigrad.estimator.checks import ParameterError, fraction, non_negative, part, positive
 from unigrad.estimator.protocols import Objective, Output
 from unigrad.objectives import KLPenalty, Sum, Term
+from unigrad.methods.rl import _clip_width, _ppo_mask
 from unigrad.objectives.value import ValueLoss
 
 
@@ -104,18 +105,14 @@ def ppo(eps: float = 0.2, dual_clip: float | None = None, gamma: float = 1.0, la
     (token mean), verl's ``use_kl_loss`` form; ``kl_coef`` β_r > 0 folds the KL into every token's reward
     instead (Ziegler et al. 2019; TRL's and OpenRLHF's ``kl_coef``), with π_ref of the rollouts computed
     when they are made, and the critic learns the shaped returns."""
-    number("ppo", "eps", eps, "the ratio is kept in [1 − ε, 1 + ε]: ε = 0 cuts every term whose ratio has moved, "
-           "ε > 1 puts the lower bound below 0", low=0, high=1, low_open=True)
-    if dual_clip is not None:
-        number("ppo", "dual_clip", dual_clip, "the bound c·Â on a negative advantage's term must lie below its "
-               "on-policy value 1·Â, so c > 1 (null: no dual clip; verl uses 3)", low=1, low_open=True)
+    _clip_width("ppo", eps)
     fraction("ppo", "gamma", gamma, "the discount γ of later token rewards, in [0, 1]")
     fraction("ppo", "lam", lam, "GAE's λ trades bias (0: one-step TD) against variance (1: Monte Carlo)")
     if value_clip is not None:
         positive("ppo", "value_clip", value_clip, "the value clip c_v keeps V within V_old ± c_v; null turns it off")
     non_negative("ppo", "beta", beta, "the KL penalty's coefficient; a negative beta rewards drifting from the reference")
     non_negative("ppo", "kl_coef", kl_coef, "β_r of the KL folded into the reward; a negative one rewards drifting")
-    policy = Estimator(mask=PPOClip(eps, eps) if dual_clip is None else DualClip(eps, eps, dual_clip),
+    policy = Estimator(mask=_ppo_mask("ppo", eps, eps, dual_clip),
                        denominator=BehaviourPolicy(), advantage=GAE(gamma, lam, kl_coef=float(kl_coef)),
                        likelihood=Likelihood("token", TokenMean()))
     if beta:

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from unigrad.batch import Batch
-from unigrad.estimator.advantages.group import _reward, group_index, group_mean, group_std
+from unigrad.estimator.advantages.group import _reward, _totals, group_index, group_mean, group_std
 from unigrad.estimator.checks import flag, non_negative, number, one_of
 from unigrad.estimator.protocols import Weighted
 
@@ -60,8 +60,7 @@ def answer_entropy(answer: Tensor, group: Tensor) -> Tensor:
 def _per_prompt_normalised(values: Tensor, group: Tensor, eps: float) -> Tensor:
     """(v(q) − mean_Q v) / (std_Q v + eps) over the distinct prompts Q (v constant within a prompt)."""
     inverse, counts = group_index(group)
-    per_prompt = torch.zeros(counts.numel(), dtype=values.dtype, device=values.device).index_add_(
-        0, inverse, values) / counts.to(values.dtype)
+    per_prompt = _totals(values, inverse, counts) / counts.to(values.dtype)
     if per_prompt.numel() < 2:
         return torch.zeros_like(values)
     return ((per_prompt - per_prompt.mean()) / (per_prompt.std(unbiased=True) + eps))[inverse]

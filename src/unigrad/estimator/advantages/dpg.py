@@ -46,7 +46,7 @@ import torch
 from torch import Tensor
 
 from unigrad.batch import Batch
-from unigrad.estimator.advantages.group import _reward, group_index
+from unigrad.estimator.advantages.group import _reward, _totals, group_index
 from unigrad.estimator.checks import ParameterError, integer, one_of, positive, text
 from unigrad.estimator.protocols import Weighted
 from unigrad.objectives.divergences import ForwardKL, JensenShannon, ReverseKL
@@ -127,7 +127,7 @@ def _group_logmeanexp(values: Tensor, group: Tensor) -> Tensor:
     top = torch.full((counts.numel(),), -math.inf, dtype=values.dtype, device=values.device)
     top = top.scatter_reduce(0, inverse, values, "amax")
     shift = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
-    sums = torch.zeros_like(top).index_add_(0, inverse, torch.exp(values - shift[inverse]))
+    sums = _totals(torch.exp(values - shift[inverse]), inverse, counts)
     return (torch.log(sums / counts.to(values.dtype)) + shift)[inverse]
 
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from make_examples import write_jsonl   # run as a script from data/, beside it
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -30,16 +32,9 @@ def _read(path: Path, n: int) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()][:n]
 
 
-def _write(path: Path, records: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-
-
 def main() -> None:
-    _write(HERE / "unpaired" / "train.jsonl", unpaired(_read(HERE / "pairs" / "train.jsonl", 100)))
-    _write(HERE / "unpaired" / "eval.jsonl", unpaired(_read(HERE / "pairs" / "eval.jsonl", 20)))
+    write_jsonl(HERE / "unpaired" / "train.jsonl", unpaired(_read(HERE / "pairs" / "train.jsonl", 100)))
+    write_jsonl(HERE / "unpaired" / "eval.jsonl", unpaired(_read(HERE / "pairs" / "eval.jsonl", 20)))
 
 
 if __name__ == "__main__":
